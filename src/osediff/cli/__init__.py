@@ -1,0 +1,39 @@
+"""``osediff`` command line: one module per sub-command, each with ``add_parser`` and ``run``.
+
+Sub-command modules keep heavy imports (torch, diffusers, ...) inside ``run`` so that
+``osediff --help`` and argument errors stay instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# sub-command name -> module; each module defines add_parser(subparsers) and run(args) -> int
+COMMANDS: dict[str, str] = {
+    "upscale": "osediff.cli.upscale",
+    "convert": "osediff.cli.convert",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="osediff", description="One-step diffusion super-resolution (OSEDiff).")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for module_name in COMMANDS.values():
+        module = importlib.import_module(module_name)
+        module.add_parser(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.run(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,41 @@
+"""Choosing a device and a dtype that work well on it."""
+
+from __future__ import annotations
+
+import torch
+
+_DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16,
+           "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
+
+
+def pick_device(name: str | None = None) -> torch.device:
+    """``name`` if given, else CUDA, then Apple MPS, then CPU."""
+    if name and name != "auto":
+        device = torch.device(name)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError(f"device {name!r} requested but CUDA is not available")
+        if device.type == "mps" and not torch.backends.mps.is_available():
+            raise RuntimeError(f"device {name!r} requested but Apple MPS is not available")
+        return device
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def pick_dtype(name: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """``name`` if given; else fp16 on CUDA and MPS, fp32 on CPU.
+
+    fp32 is the CPU default because half-precision matmuls are slow on most CPUs; bf16 can be
+    asked for explicitly on CPUs with native support (AVX-512 BF16, AMX).
+    """
+    if isinstance(name, torch.dtype):
+        return name
+    if name and name != "auto":
+        if name not in _DTYPES:
+            raise ValueError(f"unknown dtype {name!r}; choose fp32, fp16 or bf16")
+        return _DTYPES[name]
+    if device.type in ("cuda", "mps"):
+        return torch.float16
+    return torch.float32
