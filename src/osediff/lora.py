@@ -9,6 +9,7 @@ The authors wrap a fixed set of modules with peft LoRA adapters: three UNet adap
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Iterable, Mapping
 
 import torch
@@ -22,7 +23,7 @@ _UNET_PATTERNS = (
     "to_k", "to_q", "to_v", "to_out.0", "conv", "conv1", "conv2", "conv_in", "conv_shortcut",
     "conv_out", "proj_out", "proj_in", "ff.net.2", "ff.net.0.proj",
 )
-_VAE_PATTERNS = (
+VAE_PATTERNS = (
     "conv1", "conv2", "conv_in", "conv_shortcut", "conv", "conv_out", "to_k", "to_q", "to_v", "to_out.0",
 )
 _LORA_KEY = re.compile(r"^(?P<module>.+)\.lora_(?P<part>[AB])\.(?P<adapter>[^.]+)\.weight$")
@@ -53,7 +54,7 @@ def vae_lora_targets(vae: nn.Module) -> list[str]:
     """VAE-encoder module names (plus ``quant_conv``) that carry LoRA, without repeats."""
     targets = []
     for name in _weight_names(vae):
-        in_encoder = name.startswith("encoder.") and any(p in name for p in _VAE_PATTERNS)
+        in_encoder = name.startswith("encoder.") and any(p in name for p in VAE_PATTERNS)
         if in_encoder or name == "quant_conv":
             targets.append(name)
     return targets
@@ -127,7 +128,10 @@ def attach_lora_adapters(model: nn.Module, targets: Mapping[str, list[str]], sta
         if names:
             config = LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights="gaussian",
                                 target_modules=sorted(set(names)))
-            inject_adapter_in_model(config, model, adapter_name=adapter)
+            with warnings.catch_warnings():
+                # several adapters on one model are intended here (the authors' three UNet groups)
+                warnings.filterwarnings("ignore", message="Already found a `peft_config`")
+                inject_adapter_in_model(config, model, adapter_name=adapter)
     active = [name for name, names in targets.items() if names]
     for module in model.modules():
         if isinstance(module, BaseTunerLayer):

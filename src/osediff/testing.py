@@ -11,25 +11,16 @@ from __future__ import annotations
 import json
 import string
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import torch
 
 from .checkpoint.weights import OSEDiffWeights
-from .lora import UNET_ADAPTERS, unet_lora_targets, vae_lora_targets
+from .components import BaseComponents
+from .lora import UNET_ADAPTERS, VAE_PATTERNS, unet_lora_targets, vae_lora_targets
 
 ModelSize = Literal["tiny", "full"]
-
-
-@dataclass
-class BaseComponents:
-    vae: torch.nn.Module
-    unet: torch.nn.Module
-    text_encoder: torch.nn.Module
-    tokenizer: object
-    scheduler: object
 
 
 def sd21_scheduler():
@@ -137,5 +128,5 @@ def random_weights(components: BaseComponents, rank_unet: int = 4, rank_vae: int
     unet_state["conv_in.base_layer.bias"] = conv_in.bias + torch.randn(conv_in.bias.shape, generator=gen) * 0.02
     vae_state = pairs(vae_modules, vae_targets, "default_encoder", rank_vae)
     # the authors' VAE list names a module once per matching pattern: keep that quirk in the file
-    vae_listed = [name for name in vae_targets for pattern in ("conv", "conv1") if pattern in name]
-    return OSEDiffWeights(rank_unet, rank_vae, unet_targets, vae_listed or vae_targets, unet_state, vae_state)
+    vae_listed = [name for name in vae_targets for _ in range(max(1, sum(p in name for p in VAE_PATTERNS)))]
+    return OSEDiffWeights(rank_unet, rank_vae, unet_targets, vae_listed, unet_state, vae_state)

@@ -27,11 +27,14 @@ WEIGHTS_MIRRORS = (
     "https://github.com/cswry/OSEDiff/raw/main/preset/models/osediff.pkl",
 )
 BASE_SUBFOLDERS = ("vae", "unet", "text_encoder", "tokenizer", "scheduler")
+# fp32 single-file weights only: the mirrors also carry fp16 and .bin variants we don't need
 _BASE_PATTERNS = [
     "model_index.json",
     *(f"{sub}/*.json" for sub in BASE_SUBFOLDERS),
     "tokenizer/*.txt",
-    *(f"{sub}/*.safetensors" for sub in ("vae", "unet", "text_encoder")),
+    "vae/diffusion_pytorch_model.safetensors",
+    "unet/diffusion_pytorch_model.safetensors",
+    "text_encoder/model.safetensors",
 ]
 
 

@@ -2,8 +2,8 @@
 
 from .base import (
     EmptyPrompt,
-    UserPrompt,
     PromptExtractor,
+    UserPrompt,
     available_prompt_extractors,
     compose_prompt,
     create_prompt_extractor,
@@ -12,8 +12,8 @@ from .base import (
 
 __all__ = [
     "EmptyPrompt",
-    "UserPrompt",
     "PromptExtractor",
+    "UserPrompt",
     "available_prompt_extractors",
     "compose_prompt",
     "create_prompt_extractor",

@@ -1,0 +1,186 @@
+"""``osediff upscale``: super-resolve files, folders and globs into an output folder.
+
+A bad input is reported in one line and the batch goes on; outputs are written atomically; the
+exit status is non-zero when any image failed. Under ``accelerate launch`` / ``torchrun`` every
+process takes its own share of the inputs (``RANK``/``WORLD_SIZE``), one GPU each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+OUTPUT_FORMATS = {"png": ".png", "jpg": ".jpg", "webp": ".webp", "tiff": ".tiff"}
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("upscale", help="super-resolve images", description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or glob patterns")
+    p.add_argument("-o", "--output", required=True, type=Path, help="output folder")
+    p.add_argument("-s", "--upscale", type=float, default=4.0, help="upscale factor, any value >= 1 (default 4)")
+    p.add_argument("--prompt", default="", help="text prompt (added after extracted tags)")
+    p.add_argument("--prompt-extractor", default="text",
+                   help="none | text | dape | ram | caption (default: text = --prompt only)")
+    p.add_argument("--prompt-fallback", choices=("none", "text"), default=None,
+                   help="extractor to use if the chosen one's weights are unavailable (default: fail)")
+    p.add_argument("--dape", default=None, help="DAPE.pth path or hf:// / URL spec")
+    p.add_argument("--ram", default=None, help="ram_swin_large_14m.pth path or hf:// / URL spec")
+    p.add_argument("--captioner", default=None, help="hub id or folder of an image-to-text model (caption)")
+    p.add_argument("--prompts-from", type=Path, default=None,
+                   help="folder of <stem>.txt prompts saved by an earlier run (skips extraction)")
+    p.add_argument("--save-prompts", action="store_true", help="write the prompt used as <stem>.txt")
+    p.add_argument("--align", choices=("adain", "wavelet", "none"), default="adain", help="colour alignment")
+    p.add_argument("--latent", choices=("mode", "sample"), default="mode",
+                   help="latent mean (deterministic) or a sample as the authors' code does")
+    p.add_argument("--seed", type=int, default=None, help="seed for --latent sample")
+    tiles = p.add_argument_group("tiling (switches on automatically above the tile sizes)")
+    tiles.add_argument("--no-tiling", action="store_true", help="never tile (needs memory for the whole image)")
+    tiles.add_argument("--latent-tile", type=int, default=96, help="UNet tile in latent pixels (x8 in pixels)")
+    tiles.add_argument("--latent-overlap", type=int, default=32, help="UNet tile overlap in latent pixels")
+    tiles.add_argument("--vae-encoder-tile", type=int, default=1024, help="VAE encoder tile in pixels")
+    tiles.add_argument("--vae-decoder-tile", type=int, default=224, help="VAE decoder tile in latent pixels")
+    tiles.add_argument("--tile-batch", type=int, default=4, help="UNet tiles per forward pass")
+    model = p.add_argument_group("model")
+    model.add_argument("--base", default=None, help="SD-2.1-base folder or hub id (default: known mirrors)")
+    model.add_argument("--weights", default=None, help="osediff.pkl / .safetensors path or hf:// / URL spec")
+    model.add_argument("--no-merge", action="store_true", help="keep LoRA unmerged (peft layers)")
+    model.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
+    model.add_argument("--dtype", default="auto", help="auto | fp32 | fp16 | bf16")
+    model.add_argument("--offline", action="store_true", help="use only local files and caches")
+    out = p.add_argument_group("output")
+    out.add_argument("--format", choices=(*OUTPUT_FORMATS, "same"), default="png", help="output format")
+    out.add_argument("--quality", type=int, default=95, help="JPEG/WebP quality")
+    out.add_argument("--skip-existing", action="store_true", help="skip inputs whose output exists")
+    out.add_argument("--max-pixels", type=int, default=4096 * 4096,
+                     help="refuse inputs with more pixels than this (default 4096*4096)")
+    p.set_defaults(run=run)
+
+
+def output_path(src: Path, outdir: Path, fmt: str) -> Path:
+    suffix = src.suffix.lower() if fmt == "same" else OUTPUT_FORMATS[fmt]
+    if fmt == "same" and suffix in (".gif", ".bmp", ".jpeg"):
+        suffix = {".gif": ".png", ".bmp": ".png", ".jpeg": ".jpg"}[suffix]
+    return outdir / f"{src.stem}{suffix}"
+
+
+def shard(items: list[Path]) -> tuple[list[Path], int, int]:
+    """This process's share under accelerate/torchrun; all of it otherwise."""
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    return items[rank::world], rank, world
+
+
+def run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from ..images import ImageLoadError, collect_inputs, load_image, save_image_atomic, write_text_atomic
+
+    files, rank, world = shard(collect_inputs(args.inputs))
+    if not files:
+        print("error: no input images found", file=sys.stderr)
+        return 2
+    todo = [f for f in files if not (args.skip_existing and output_path(f, args.output, args.format).exists())]
+    skipped = len(files) - len(todo)
+    if not todo:
+        print(f"all {len(files)} outputs exist in {args.output}; nothing to do")
+        return 0
+    try:
+        pipe, tiles = _build_pipeline(args, rank, world)
+    except (RuntimeError, ValueError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+    failures: list[str] = []
+    seconds: list[float] = []
+    bar = tqdm(todo, unit="img", disable=rank != 0 and world > 1, dynamic_ncols=True)
+    for src in bar:
+        bar.set_description(src.name)
+        started = time.perf_counter()
+        try:
+            loaded = load_image(src, max_pixels=args.max_pixels)
+            saved = _saved_prompt(args.prompts_from, src)
+            result = pipe.run(loaded.rgb, args.upscale, args.prompt if saved is None else saved,
+                              extract_prompt=saved is None, align=args.align, tiles=tiles, latent=args.latent,
+                              seed=args.seed, alpha=loaded.alpha)
+            dst = output_path(src, args.output, args.format)
+            save_kwargs = {"quality": args.quality} if dst.suffix in (".jpg", ".webp") else {}
+            image = result.image.convert("RGB") if dst.suffix == ".jpg" else result.image
+            save_image_atomic(image, dst, **save_kwargs)
+            if args.save_prompts:
+                write_text_atomic(result.prompt + "\n", dst.with_suffix(".txt"))
+        except ImageLoadError as err:
+            failures.append(str(err))
+            tqdm.write(f"error: {err}", file=sys.stderr)
+            continue
+        except (RuntimeError, ValueError, OSError) as err:
+            failures.append(f"{src}: {err}")
+            tqdm.write(f"error: {src}: {str(err).splitlines()[0] if str(err) else type(err).__name__}",
+                       file=sys.stderr)
+            continue
+        seconds.append(time.perf_counter() - started)
+        bar.set_postfix(sec=f"{seconds[-1]:.2f}")
+    bar.close()
+    done = len(seconds)
+    mean = sum(seconds) / done if done else 0.0
+    shard_note = f" [process {rank + 1}/{world}]" if world > 1 else ""
+    print(f"done{shard_note}: {done} written to {args.output}, {len(failures)} failed, {skipped} skipped; "
+          f"{sum(seconds):.1f} s total, {mean:.2f} s/image")
+    return 1 if failures else 0
+
+
+def _saved_prompt(folder: Path | None, src: Path) -> str | None:
+    if folder is None:
+        return None
+    path = folder / f"{src.stem}.txt"
+    if not path.is_file():
+        raise ValueError(f"{src}: no saved prompt {path}")
+    return path.read_text(encoding="utf-8").rstrip("\n")
+
+
+def _build_pipeline(args: argparse.Namespace, rank: int, world: int):
+    import torch
+
+    from ..checkpoint import DEFAULT_WEIGHTS
+    from ..device import pick_device, pick_dtype
+    from ..pipeline import OSEDiffPipeline, TileConfig
+
+    device = pick_device(args.device)
+    if world > 1 and device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)) % torch.cuda.device_count())
+    dtype = pick_dtype(args.dtype, device)
+    pipe = OSEDiffPipeline.from_pretrained(
+        args.base, args.weights or DEFAULT_WEIGHTS, device=device, dtype=dtype, merge_lora=not args.no_merge,
+        local_files_only=args.offline,
+    )
+    pipe.prompt_extractor = _build_extractor(args, device, dtype)
+    tiles = TileConfig(enabled=not args.no_tiling, latent_tile=args.latent_tile,
+                       latent_overlap=args.latent_overlap, vae_encoder_tile=args.vae_encoder_tile,
+                       vae_decoder_tile=args.vae_decoder_tile, batch_size=args.tile_batch)
+    return pipe, tiles
+
+
+def _build_extractor(args: argparse.Namespace, device, dtype):
+    from ..checkpoint import ModelNotFoundError
+    from ..prompts import create_prompt_extractor
+
+    name = args.prompt_extractor
+    kwargs: dict = {}
+    if name in ("dape", "ram"):
+        kwargs = {"ram_path": args.ram, "dape_path": args.dape, "device": device, "dtype": dtype,
+                  "local_files_only": args.offline}
+        if name == "ram":
+            kwargs.pop("dape_path")
+    elif name == "caption":
+        kwargs = {"model": args.captioner, "device": device, "dtype": dtype, "local_files_only": args.offline}
+    try:
+        return create_prompt_extractor(name, **kwargs)
+    except ModelNotFoundError as err:
+        if args.prompt_fallback is None:
+            raise RuntimeError(f"prompt extractor {name!r}: {err} (pass --prompt-fallback text to go on "
+                               "without it)") from None
+        print(f"warning: prompt extractor {name!r} unavailable ({err}); using {args.prompt_fallback!r}",
+              file=sys.stderr)
+        return create_prompt_extractor(args.prompt_fallback)

@@ -1,0 +1,290 @@
+"""The OSEDiff one-step super-resolution pipeline.
+
+    x_L  = bicubic(LQ, s)                              pre-upscale by the factor s
+    z_L  = sf * E_lora(x_L)                            VAE latent (mean, or a seeded sample)
+    eps  = UNet_lora(z_L, t=999, c_prompt)             the only UNet call
+    z_H  = (z_L - sqrt(1 - abar_999) eps) / sqrt(abar_999)
+    x_H  = D(z_H / sf).clamp(-1, 1)                    frozen decoder
+    out  = align_colours(x_H, x_L)
+
+with sf the VAE scaling factor and abar_999 the DDPM cumulative alpha at the last timestep.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from .checkpoint.hub import DEFAULT_WEIGHTS, WEIGHTS_MIRRORS, resolve_file
+from .checkpoint.weights import OSEDiffWeights
+from .color import ALIGN_METHODS, align_colors
+from .components import BaseComponents, load_base_components
+from .device import pick_device, pick_dtype
+from .lora import VAE_ADAPTER, attach_lora_adapters, merge_lora
+from .prompts.base import PromptExtractor
+from .tiling.latent import tiled_apply
+
+TIMESTEP = 999
+LatentMode = Literal["mode", "sample"]
+
+
+@dataclass
+class TileConfig:
+    """When and how to tile; every size is the largest processed in one piece.
+
+    Defaults follow the authors' test script (latent tiles of 96 with overlap 32, VAE encoder
+    tiles of 1024 px, decoder tiles of 224 latent px).
+    """
+
+    enabled: bool = True
+    latent_tile: int = 96
+    latent_overlap: int = 32
+    vae_encoder_tile: int = 1024
+    vae_decoder_tile: int = 224
+    batch_size: int = 4
+
+
+@dataclass
+class SRResult:
+    image: Image.Image | torch.Tensor
+    prompt: str
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+class OSEDiffPipeline:
+    """Coordinates the SD-2.1-base components and the OSEDiff generator weights."""
+
+    def __init__(self, components: BaseComponents, prompt_extractor: PromptExtractor | None = None,
+                 prompt_cache_size: int = 64) -> None:
+        self.vae = components.vae
+        self.unet = components.unet
+        self.text_encoder = components.text_encoder
+        self.tokenizer = components.tokenizer
+        self.scheduler = components.scheduler
+        self.prompt_extractor = prompt_extractor
+        self.alpha_bar = float(self.scheduler.alphas_cumprod[TIMESTEP])
+        self._prompt_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self._prompt_cache_size = prompt_cache_size
+
+    # -- construction ----------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, base: str | os.PathLike | None = None,
+                        weights: str | os.PathLike | OSEDiffWeights | None = DEFAULT_WEIGHTS, *,
+                        device: str | torch.device | None = None, dtype: str | torch.dtype | None = None,
+                        merge_lora: bool = True, local_files_only: bool = False,
+                        prompt_extractor: PromptExtractor | None = None) -> OSEDiffPipeline:
+        """Load SD-2.1-base (``base``: folder or hub id; None = known mirrors) and OSEDiff ``weights``.
+
+        ``weights`` is a path to ``osediff.pkl`` / ``.safetensors``, an ``hf://`` or URL spec, an
+        :class:`OSEDiffWeights`, or ``None`` for the plain base model. LoRA is merged into the base
+        weights unless ``merge_lora=False`` keeps peft adapters (the authors' runtime form).
+        """
+        components = load_base_components(base, local_files_only=local_files_only)
+        pipe = cls(components, prompt_extractor=prompt_extractor)
+        if weights is not None:
+            if not isinstance(weights, OSEDiffWeights):
+                mirrors = WEIGHTS_MIRRORS[1:] if str(weights) == DEFAULT_WEIGHTS else ()
+                weights = OSEDiffWeights.load(resolve_file(weights, mirrors=mirrors,
+                                                           local_files_only=local_files_only))
+            pipe.load_weights(weights, merge=merge_lora)
+        device = pick_device(str(device) if device is not None else None)
+        return pipe.to(device, pick_dtype(dtype, device))
+
+    def load_weights(self, weights: OSEDiffWeights, merge: bool = True) -> None:
+        """Apply generator weights; merging costs nothing at inference, unmerged keeps peft layers."""
+        if merge:
+            merge_lora(self.unet, weights.unet_state, weights.rank_unet, weights.lora_alpha)
+            merge_lora(self.vae, weights.vae_state, weights.rank_vae, weights.lora_alpha)
+        else:
+            attach_lora_adapters(self.unet, weights.unet_targets, weights.unet_state, weights.rank_unet,
+                                 weights.lora_alpha)
+            attach_lora_adapters(self.vae, {VAE_ADAPTER: weights.vae_targets}, weights.vae_state,
+                                 weights.rank_vae, weights.lora_alpha)
+        self._prompt_cache.clear()
+
+    def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> OSEDiffPipeline:
+        for model in (self.vae, self.unet, self.text_encoder):
+            model.to(device=device, dtype=dtype)
+        self._prompt_cache.clear()
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.unet.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.unet.parameters()).dtype
+
+    # -- steps ------------------------------------------------------------------------------
+    @torch.no_grad()
+    def encode_prompt(self, prompt: str) -> torch.Tensor:
+        """CLIP last hidden state (1, 77, d); cached, since batches usually repeat one prompt."""
+        if prompt in self._prompt_cache:
+            self._prompt_cache.move_to_end(prompt)
+            return self._prompt_cache[prompt]
+        ids = self.tokenizer(prompt, max_length=self.tokenizer.model_max_length, padding="max_length",
+                             truncation=True, return_tensors="pt").input_ids
+        device = next(self.text_encoder.parameters()).device
+        embedding = self.text_encoder(ids.to(device))[0].to(self.device, self.dtype)
+        self._prompt_cache[prompt] = embedding
+        if len(self._prompt_cache) > self._prompt_cache_size:
+            self._prompt_cache.popitem(last=False)
+        return embedding
+
+    def encode_latent(self, x: torch.Tensor, tiles: TileConfig, latent: LatentMode = "mode",
+                      generator: torch.Generator | None = None) -> torch.Tensor:
+        """z_L = sf * E(x); ``x`` in [-1, 1] with sides a multiple of 8."""
+        from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+
+        x = x.to(self.device, self.vae.dtype)
+        if tiles.enabled and max(x.shape[-2:]) > tiles.vae_encoder_tile:
+            from .tiling.vae import tiled_encode
+
+            dist = DiagonalGaussianDistribution(tiled_encode(self.vae, x, tile_size=tiles.vae_encoder_tile))
+        else:
+            dist = self.vae.encode(x).latent_dist
+        z = dist.mode() if latent == "mode" else dist.sample(generator)
+        return z * self.vae.config.scaling_factor
+
+    def predict_noise(self, z: torch.Tensor, embedding: torch.Tensor, tiles: TileConfig) -> torch.Tensor:
+        timestep = torch.tensor([TIMESTEP], device=self.device)
+
+        def unet(latents: torch.Tensor) -> torch.Tensor:
+            context = embedding.expand(latents.shape[0], -1, -1)
+            return self.unet(latents.to(self.dtype), timestep, encoder_hidden_states=context).sample
+
+        if not tiles.enabled:
+            return unet(z)
+        return tiled_apply(unet, z, tiles.latent_tile, tiles.latent_overlap, tiles.batch_size)
+
+    def denoise(self, z: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        """One DDPM step from t=999 straight to x0, in fp32: eps errors are amplified 1/sqrt(abar)."""
+        ab = self.alpha_bar
+        return (z.float() - math.sqrt(1 - ab) * eps.float()) / math.sqrt(ab)
+
+    def decode_latent(self, z: torch.Tensor, tiles: TileConfig) -> torch.Tensor:
+        """x = D(z / sf).clamp(-1, 1)."""
+        z = (z / self.vae.config.scaling_factor).to(self.vae.dtype)
+        if tiles.enabled and max(z.shape[-2:]) > tiles.vae_decoder_tile:
+            from .tiling.vae import tiled_decode
+
+            x = tiled_decode(self.vae, z, tile_size=tiles.vae_decoder_tile)
+        else:
+            x = self.vae.decode(z).sample
+        return x.float().clamp(-1, 1)
+
+    # -- the whole thing ---------------------------------------------------------------------
+    def check_inputs(self, upscale: float, align: str, latent: str) -> None:
+        if not upscale >= 1:
+            raise ValueError(f"upscale factor must be >= 1, got {upscale}")
+        if align not in ALIGN_METHODS:
+            raise ValueError(f"unknown colour alignment {align!r}; choose one of {', '.join(ALIGN_METHODS)}")
+        if latent not in ("mode", "sample"):
+            raise ValueError(f"latent must be 'mode' or 'sample', got {latent!r}")
+
+    @torch.no_grad()
+    def run(self, image: Image.Image, upscale: float = 4.0, prompt: str | None = None, *, align: str = "adain",
+            tiles: TileConfig | None = None, latent: LatentMode = "mode", seed: int | None = None,
+            alpha: Image.Image | None = None, extract_prompt: bool = True,
+            output_type: Literal["pil", "pt"] = "pil") -> SRResult:
+        """Super-resolve one RGB image; returns the image, the prompt used and per-stage seconds.
+
+        With ``extract_prompt=False`` the prompt extractor is bypassed and ``prompt`` used as is
+        (e.g. a prompt saved by an earlier run).
+        """
+        self.check_inputs(upscale, align, latent)
+        tiles = tiles or TileConfig()
+        timings: dict[str, float] = {}
+        clock = _Clock(self.device, timings)
+
+        # 1. bicubic pre-upscale to exactly round(s * size), then pad to the VAE's multiple of 8
+        width, height = (max(1, round(side * upscale)) for side in image.size)
+        upscaled = image.convert("RGB").resize((width, height), Image.BICUBIC)
+        x_l = _to_tensor(upscaled)
+        padded = _pad_to_multiple(x_l * 2 - 1, 8)
+
+        # 2. prompt: user text, or an extractor looking at the pre-upscaled image
+        with clock("prompt"):
+            if self.prompt_extractor is not None and extract_prompt:
+                prompt = self.prompt_extractor([upscaled], prompt or "")[0]
+            prompt = prompt or ""
+            embedding = self.encode_prompt(prompt)
+
+        # 3. z_L = sf * E(x_L)
+        with clock("vae_encode"):
+            generator = torch.Generator("cpu").manual_seed(seed) if seed is not None else None
+            z_l = self.encode_latent(padded, tiles, latent, generator)
+
+        # 4. one UNet call at t=999, then straight to x0
+        with clock("unet"):
+            eps = self.predict_noise(z_l, embedding, tiles)
+            z_h = self.denoise(z_l, eps)
+
+        # 5. decode, crop the padding away, colour-align to the pre-upscaled input
+        with clock("vae_decode"):
+            x_h = self.decode_latent(z_h, tiles)[..., :height, :width]
+            out = align_colors((x_h + 1) / 2, x_l.to(x_h.device), align).clamp(0, 1)[0].cpu()
+        if output_type == "pt":
+            return SRResult(out, prompt, timings)
+        result = Image.fromarray((out.permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8))
+        if alpha is not None:
+            result.putalpha(alpha.resize((width, height), Image.BICUBIC))
+        return SRResult(result, prompt, timings)
+
+    def __call__(self, image: Image.Image | Sequence[Image.Image], upscale: float = 4.0,
+                 prompt: str | None = None, **kwargs) -> Image.Image | list[Image.Image]:
+        """Super-resolve an image or a list of images (RGBA keeps its alpha, upscaled separately)."""
+        images = [image] if isinstance(image, Image.Image) else list(image)
+        outputs = []
+        for img in images:
+            alpha = img.getchannel("A") if img.mode == "RGBA" else None
+            outputs.append(self.run(img, upscale, prompt, alpha=alpha, **kwargs).image)
+        return outputs[0] if isinstance(image, Image.Image) else outputs
+
+
+class _Clock:
+    """Context manager factory that records wall seconds per stage, synchronising CUDA first."""
+
+    def __init__(self, device: torch.device, sink: dict[str, float]) -> None:
+        self.device, self.sink = device, sink
+
+    def __call__(self, name: str) -> _Clock:
+        self.name = name
+        return self
+
+    def __enter__(self) -> None:
+        self._sync()
+        self.start = time.perf_counter()
+
+    def __exit__(self, *exc: object) -> None:
+        self._sync()
+        self.sink[self.name] = self.sink.get(self.name, 0.0) + time.perf_counter() - self.start
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+
+def _to_tensor(image: Image.Image) -> torch.Tensor:
+    """(1, 3, H, W) float in [0, 1]."""
+    return torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
+
+
+def _pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
+    """Pad right/bottom so both sides divide ``multiple``; reflection keeps edge statistics natural."""
+    pad_h, pad_w = (-x.shape[-2]) % multiple, (-x.shape[-1]) % multiple
+    if not pad_h and not pad_w:
+        return x
+    mode = "reflect" if pad_h < x.shape[-2] and pad_w < x.shape[-1] else "replicate"
+    return F.pad(x, (0, pad_w, 0, pad_h), mode=mode)

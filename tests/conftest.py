@@ -1,0 +1,50 @@
+"""Shared fixtures: tiny random SD-2.1-shaped models and official-format checkpoints, built in code."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import torch
+
+from osediff.testing import build_base, random_weights, save_base
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+REALSR = REPO_ROOT.parent / "shared" / "benchmarks" / "realsr"
+
+torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+
+
+@pytest.fixture(scope="session")
+def tiny_components():
+    """Pristine tiny components; tests must deep-copy before mutating (see ``fresh_components``)."""
+    return build_base("tiny", seed=0)
+
+
+@pytest.fixture
+def fresh_components(tiny_components):
+    return copy.deepcopy(tiny_components)
+
+
+@pytest.fixture(scope="session")
+def tiny_weights(tiny_components):
+    return random_weights(tiny_components, seed=1)
+
+
+@pytest.fixture(scope="session")
+def tiny_base_dir(tiny_components, tmp_path_factory) -> Path:
+    return save_base(tiny_components, tmp_path_factory.mktemp("sd21-tiny"))
+
+
+@pytest.fixture(scope="session")
+def tiny_pkl(tiny_weights, tmp_path_factory) -> Path:
+    return tiny_weights.save(tmp_path_factory.mktemp("weights") / "osediff.pkl")
+
+
+@pytest.fixture(scope="session")
+def realsr_lr() -> Path:
+    folder = REALSR / "lr"
+    if not folder.is_dir():
+        pytest.skip(f"RealSR benchmark data not found at {folder}")
+    return folder

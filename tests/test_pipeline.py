@@ -1,0 +1,173 @@
+"""The one-step pipeline against an independent diffusers + peft computation, and its geometry."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+from peft import LoraConfig
+from PIL import Image
+
+from osediff.pipeline import OSEDiffPipeline, TileConfig
+
+
+def lq_image(width: int = 32, height: int = 24, seed: int = 0) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    base = rng.integers(0, 256, (height // 4 + 1, width // 4 + 1, 3), dtype=np.uint8)
+    return Image.fromarray(base).resize((width, height), Image.BILINEAR)
+
+
+def direct_reference(components, weights, image: Image.Image, prompt: str, scale: int = 4) -> torch.Tensor:
+    """The authors' recipe written directly with diffusers' peft integration and DDPMScheduler.step."""
+    c = copy.deepcopy(components)
+    for adapter, names in weights.unet_targets.items():
+        c.unet.add_adapter(LoraConfig(r=weights.rank_unet, init_lora_weights="gaussian", target_modules=names),
+                           adapter_name=adapter)
+    c.unet.set_adapter(list(weights.unet_targets))
+    c.vae.add_adapter(LoraConfig(r=weights.rank_vae, init_lora_weights="gaussian",
+                                 target_modules=sorted(set(weights.vae_targets))), adapter_name="default_encoder")
+    with torch.no_grad():
+        for name, param in c.unet.named_parameters():
+            if "lora" in name or "conv_in" in name:
+                param.copy_(weights.unet_state[name])
+        for name, param in c.vae.named_parameters():
+            if "lora" in name:
+                param.copy_(weights.vae_state[name])
+        upscaled = image.resize((image.width * scale, image.height * scale), Image.BICUBIC)
+        x = torch.tensor(np.asarray(upscaled), dtype=torch.float32).permute(2, 0, 1)[None] / 255 * 2 - 1
+        z = c.vae.encode(x).latent_dist.mode() * c.vae.config.scaling_factor
+        ids = c.tokenizer(prompt, max_length=77, padding="max_length", truncation=True, return_tensors="pt").input_ids
+        eps = c.unet(z, torch.tensor([999]), encoder_hidden_states=c.text_encoder(ids)[0]).sample
+        c.scheduler.set_timesteps(timesteps=[999])
+        x0 = c.scheduler.step(eps, 999, z).pred_original_sample
+        out = c.vae.decode(x0 / c.vae.config.scaling_factor).sample.clamp(-1, 1)
+    return ((out + 1) / 2)[0]
+
+
+@pytest.mark.parametrize("merge", [True, False])
+def test_output_equals_direct_diffusers_peft_computation(fresh_components, tiny_components, tiny_weights, merge):
+    image = lq_image()
+    reference = direct_reference(tiny_components, tiny_weights, image, "a red bus")
+    pipe = OSEDiffPipeline(fresh_components)
+    pipe.load_weights(tiny_weights, merge=merge)
+    ours = pipe.run(image, 4, "a red bus", align="none", output_type="pt").image
+    diff = (ours - reference).abs().max().item()
+    print(f"max |ours({'merged' if merge else 'unmerged'}) - direct| = {diff:.2e}")
+    assert ours.shape == reference.shape == (3, 96, 128)
+    assert diff < 1e-4
+    # the LoRA really matters: without it the output is far away
+    plain = OSEDiffPipeline(copy.deepcopy(tiny_components)).run(image, 4, "a red bus", align="none", output_type="pt")
+    assert (plain.image - reference).abs().max().item() > 0.05
+
+
+def test_merged_equals_unmerged_from_files(tiny_base_dir, tiny_pkl):
+    image = lq_image(40, 28, seed=3)
+    merged = OSEDiffPipeline.from_pretrained(tiny_base_dir, tiny_pkl, device="cpu", dtype="fp32")
+    unmerged = OSEDiffPipeline.from_pretrained(tiny_base_dir, tiny_pkl, device="cpu", dtype="fp32", merge_lora=False)
+    a = merged.run(image, 4, "", output_type="pt").image
+    b = unmerged.run(image, 4, "", output_type="pt").image
+    diff = (a - b).abs().max().item()
+    print(f"max |merged - unmerged| = {diff:.2e}")
+    assert diff < 1e-4
+    assert not any("lora" in name for name, _ in merged.unet.named_parameters())
+    assert any("lora" in name for name, _ in unmerged.unet.named_parameters())
+
+
+@pytest.mark.parametrize(("size", "scale"), [((37, 29), 1), ((37, 29), 2), ((37, 29), 4), ((21, 50), 2.5), ((8, 8), 4)])
+def test_output_size_is_exactly_scale_times_input(fresh_components, tiny_weights, size, scale):
+    pipe = OSEDiffPipeline(fresh_components)
+    pipe.load_weights(tiny_weights)
+    out = pipe(lq_image(*size), upscale=scale)
+    assert out.size == (round(size[0] * scale), round(size[1] * scale))
+    assert out.mode == "RGB"
+
+
+def test_list_input_and_rgba_alpha_is_kept(fresh_components):
+    pipe = OSEDiffPipeline(fresh_components)
+    rgba = lq_image(16, 16).convert("RGBA")
+    alpha = Image.fromarray(np.tile(np.linspace(0, 255, 16, dtype=np.uint8), (16, 1)))
+    rgba.putalpha(alpha)
+    outs = pipe([rgba, lq_image(12, 20)], upscale=2)
+    assert [o.size for o in outs] == [(32, 32), (24, 40)]
+    assert outs[0].mode == "RGBA" and outs[1].mode == "RGB"
+    expected = np.asarray(alpha.resize((32, 32), Image.BICUBIC))
+    assert np.array_equal(np.asarray(outs[0].getchannel("A")), expected)
+
+
+def test_latent_sampling_is_seeded(fresh_components, tiny_weights):
+    pipe = OSEDiffPipeline(fresh_components)
+    pipe.load_weights(tiny_weights)
+    image = lq_image()
+    run = lambda **kw: pipe.run(image, 2, "", output_type="pt", **kw).image  # noqa: E731
+    a, b, c, mode = run(latent="sample", seed=1), run(latent="sample", seed=1), run(latent="sample", seed=2), run()
+    assert torch.equal(a, b)
+    assert (a - c).abs().max() > 1e-3
+    assert (a - mode).abs().max() > 1e-3
+
+
+def test_mode_latent_is_the_distribution_mean(fresh_components):
+    pipe = OSEDiffPipeline(fresh_components)
+    x = torch.rand(1, 3, 32, 32) * 2 - 1
+    z = pipe.encode_latent(x, TileConfig())
+    moments = fresh_components.vae.quant_conv(fresh_components.vae.encoder(x))
+    expected = DiagonalGaussianDistribution(moments).mean * fresh_components.vae.config.scaling_factor
+    assert torch.allclose(z, expected, atol=1e-6)
+
+
+def test_denoise_matches_the_scheduler_step(fresh_components):
+    pipe = OSEDiffPipeline(fresh_components)
+    z, eps = torch.randn(1, 4, 8, 8), torch.randn(1, 4, 8, 8)
+    scheduler = fresh_components.scheduler
+    scheduler.set_timesteps(timesteps=[999])
+    expected = scheduler.step(eps, 999, z).pred_original_sample
+    assert torch.allclose(pipe.denoise(z, eps), expected, atol=1e-5)
+    assert pipe.alpha_bar == pytest.approx(0.0046601, abs=1e-6)
+
+
+def test_prompt_embedding_is_computed_once(fresh_components):
+    pipe = OSEDiffPipeline(fresh_components)
+    calls = []
+    fresh_components.text_encoder.register_forward_hook(lambda *_: calls.append(1))
+    for _ in range(3):
+        pipe.run(lq_image(8, 8), 2, "same prompt")
+    pipe.run(lq_image(8, 8), 2, "another prompt")
+    assert len(calls) == 2
+
+
+def test_prompt_extractor_sees_the_upscaled_image(fresh_components):
+    seen = []
+
+    def extractor(images, user_prompt=""):
+        seen.extend(img.size for img in images)
+        return [f"tag, {user_prompt},"] * len(images)
+
+    pipe = OSEDiffPipeline(fresh_components, prompt_extractor=extractor)
+    result = pipe.run(lq_image(10, 6), 3, "user")
+    assert seen == [(30, 18)]
+    assert result.prompt == "tag, user,"
+    assert pipe.run(lq_image(10, 6), 3, "saved", extract_prompt=False).prompt == "saved"
+
+
+def test_latent_tiling_runs_the_unet_per_tile(fresh_components, tiny_weights):
+    pipe = OSEDiffPipeline(fresh_components)
+    pipe.load_weights(tiny_weights)
+    shapes = []
+    fresh_components.unet.register_forward_hook(lambda _m, args, _o: shapes.append(tuple(args[0].shape)))
+    tiles = TileConfig(latent_tile=8, latent_overlap=4, batch_size=2)
+    out = pipe.run(lq_image(24, 24), 2, "", tiles=tiles, output_type="pt").image  # latent 6x6 -> no tiles
+    assert shapes == [(1, 4, 6, 6)]
+    shapes.clear()
+    out = pipe.run(lq_image(40, 24), 2, "", tiles=tiles, output_type="pt").image  # latent 6x10 -> 2 tiles
+    assert out.shape == (3, 48, 80)
+    assert shapes == [(2, 4, 6, 8)]
+
+
+def test_check_inputs_rejects_bad_arguments(fresh_components):
+    pipe = OSEDiffPipeline(fresh_components)
+    with pytest.raises(ValueError, match="upscale factor"):
+        pipe.run(lq_image(8, 8), 0.5)
+    with pytest.raises(ValueError, match="colour alignment"):
+        pipe.run(lq_image(8, 8), 2, align="histogram")
