@@ -231,14 +231,21 @@ def build_ram(cfg: RAMConfig, *, device: torch.device | str = "cpu") -> RAMTagge
     return model
 
 
-def normalise_pixels(pixels: torch.Tensor, image_size: int, *, antialias: bool = False) -> torch.Tensor:
-    """[B, 3, H, W] in [0, 1] -> RAM input: bilinear resize to ``image_size``² and ImageNet normalisation.
+def resize_for_ram(pixels: torch.Tensor, image_size: int, *, antialias: bool = False) -> torch.Tensor:
+    """[B, 3, H, W] in [0, 1] -> float32 ``image_size``² by bilinear resize (aspect ratio not kept).
 
-    The authors resize with torchvision on tensors in torch 2.0 / torchvision 0.15, where antialias
-    is off by default, so ``antialias=False`` reproduces their inputs (and DAPE's training inputs).
+    The authors resize with torchvision on tensors under torch 2.0 / torchvision 0.15, where
+    antialias is off by default, so ``antialias=False`` reproduces their inputs (and DAPE's
+    training inputs).
     """
-    pixels = F.interpolate(pixels.float(), size=(image_size, image_size), mode="bilinear",
-                           align_corners=False, antialias=antialias)
+    pixels = pixels.float()
+    if tuple(pixels.shape[-2:]) == (image_size, image_size):
+        return pixels
+    return F.interpolate(pixels, size=(image_size, image_size), mode="bilinear", align_corners=False,
+                         antialias=antialias)
+
+
+def imagenet_normalise(pixels: torch.Tensor) -> torch.Tensor:
     mean = pixels.new_tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
     std = pixels.new_tensor(IMAGENET_STD).view(1, 3, 1, 1)
     return (pixels - mean) / std

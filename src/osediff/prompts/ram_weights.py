@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..checkpoint.weights import CheckpointError
-from .ram_model import RAMTagger
+from .ram_model import RAMConfig, RAMTagger
 
 IGNORED_KEYS: dict[str, str] = {
     r"^(tag_encoder|text_decoder)\.": "Tag2Text encoder/decoder, unused for tagging",
@@ -87,6 +87,38 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if tensors and all(k.startswith("module.") for k in tensors):
         tensors = {k[len("module."):]: v for k, v in tensors.items()}
     return tensors
+
+
+def config_from_state_dict(ram: Mapping[str, torch.Tensor],
+                           dape: Mapping[str, torch.Tensor] | None = None) -> RAMConfig:
+    """Architecture read from tensor shapes (published names), so any RAM-shaped file builds its model.
+
+    Two things are not in the shapes: the tagging head keeps RAM's 4 heads (q2l_config), and the
+    input size is taken as the one where the last Swin stage is a single window (384 for the
+    published Swin-L: 12-token window x patch 4 x 2³ downsamplings).
+    """
+    ram = {k.replace("vision_multi", "tagging_head"): v for k, v in ram.items()}
+    try:
+        patch = ram["visual_encoder.patch_embed.proj.weight"]
+        stages = sorted({int(m.group(1)) for k in ram
+                         if (m := re.match(r"visual_encoder\.layers\.(\d+)\.blocks\.", k))})
+        depths = tuple(len({k.split(".")[4] for k in ram if k.startswith(f"visual_encoder.layers.{i}.blocks.")})
+                       for i in stages)
+        num_heads = tuple(ram[f"visual_encoder.layers.{i}.blocks.0.attn.relative_position_bias_table"].shape[1]
+                          for i in stages)
+        table_rows = ram["visual_encoder.layers.0.blocks.0.attn.relative_position_bias_table"].shape[0]
+        window = (round(table_rows**0.5) + 1) // 2  # rows = (2w - 1)²
+        head_layers = len({k.split(".")[3] for k in ram if k.startswith("tagging_head.encoder.layer.")})
+        lora = [v for k, v in (dape or {}).items() if k.endswith(".lora_A") and k.startswith("tagging_head.")]
+        return RAMConfig(
+            image_size=window * patch.shape[-1] * 2 ** (len(stages) - 1), patch_size=patch.shape[-1],
+            embed_dim=patch.shape[0], depths=depths, num_heads=num_heads, window_size=window,
+            embed_width=ram["image_proj.weight"].shape[0], hidden_size=ram["wordvec_proj.weight"].shape[0],
+            head_layers=head_layers, head_heads=4,
+            intermediate_size=ram["tagging_head.encoder.layer.0.intermediate.dense.weight"].shape[0],
+            num_classes=ram["label_embed"].shape[0], lora_rank=lora[0].shape[0] if lora else 0)
+    except (KeyError, IndexError) as err:
+        raise CheckpointError(f"not a RAM (Swin) checkpoint: no tensor {err}") from None
 
 
 @dataclass
