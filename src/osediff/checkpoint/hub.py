@@ -57,7 +57,7 @@ def resolve_base(base: str | os.PathLike | None = None, *, local_files_only: boo
         folder = Path(base).expanduser()
         missing = [sub for sub in BASE_SUBFOLDERS if not (folder / sub).is_dir()]
         if missing:
-            raise ModelNotFoundError(f"{folder}: not a diffusers SD folder (missing {', '.join(missing)}/)")
+            raise ModelNotFoundError(f"{folder}: not a diffusers SD folder (missing subfolders: {', '.join(missing)})")
         return folder
     candidates = BASE_ALTERNATIVES if base is None else (str(base),)
     errors = []

