@@ -1,0 +1,79 @@
+"""GroupNorm with statistics gathered over a whole image that is processed tile by tile.
+
+A tiled VAE is only faithful if every GroupNorm normalises with the statistics of the *whole*
+feature map: a tile's own mean and variance differ from the image's (a sky tile is brighter than
+a grass tile), which shows up as visible seams and colour shifts. :class:`ChannelStats` collects
+per-channel moments from the non-overlapping tile cores as they are produced, so the combined
+moments are those of the full map; :func:`group_norm` then normalises any tile with them.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class ChannelStats:
+    """Running per-(sample, channel) count, mean and sum of squared deviations.
+
+    Chunks are merged with Chan et al.'s parallel formula instead of summing x and x², because
+    ``E[x²] - E[x]²`` in fp32 loses most of its digits when a channel's mean is large against its
+    spread (common deep in the VAE). Per-channel (not per-group) moments keep this independent of
+    the group count of the norm that will consume them.
+    """
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.mean: torch.Tensor | None = None
+        self.m2: torch.Tensor | None = None
+
+    def update(self, chunk: torch.Tensor) -> None:
+        """Add the pixels of ``chunk`` (N, C, H, W); each pixel must be added exactly once."""
+        n = chunk.shape[-2] * chunk.shape[-1]
+        if n == 0:
+            return
+        var, mean = torch.var_mean(chunk.float(), dim=(-2, -1), correction=0)
+        m2 = var * n
+        if self.mean is None or self.m2 is None:
+            self.count, self.mean, self.m2 = n, mean, m2
+            return
+        total = self.count + n
+        delta = mean - self.mean
+        self.mean = self.mean + delta * (n / total)
+        self.m2 = self.m2 + m2 + delta.square() * (self.count * n / total)
+        self.count = total
+
+    def group_moments(self, groups: int, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean, 1/sqrt(var + eps)) per (sample, group), both fp32 of shape (N, groups)."""
+        if self.mean is None or self.m2 is None:
+            raise RuntimeError("no statistics were collected")
+        batch, channels = self.mean.shape
+        mean_c = self.mean.view(batch, groups, channels // groups)
+        m2_c = self.m2.view(batch, groups, channels // groups)
+        mean_g = mean_c.mean(-1)
+        # a group's spread = spread inside its channels + spread of the channel means around it
+        m2_g = m2_c.sum(-1) + self.count * (mean_c - mean_g[..., None]).square().sum(-1)
+        var_g = m2_g / (self.count * (channels // groups))  # biased, as torch's GroupNorm
+        return mean_g, torch.rsqrt(var_g + eps)
+
+
+def group_norm(x: torch.Tensor, norm: nn.GroupNorm, stats: ChannelStats | None) -> torch.Tensor:
+    """``norm`` applied to a tile ``x`` (N, C, h, w) with image-wide ``stats``.
+
+    ``stats=None`` calls the module itself, i.e. the naive per-tile statistics; kept only to
+    measure how much the image-wide statistics matter. Like torch's GroupNorm for half types, the
+    arithmetic is fp32 and the result is cast back to ``x``'s dtype.
+    """
+    if stats is None:
+        return norm(x)
+    mean, rstd = stats.group_moments(norm.num_groups, norm.eps)
+    batch, channels = x.shape[:2]
+    groups = norm.num_groups
+    # a fresh fp32 copy so that the in-place arithmetic below never touches the stored map
+    y = x.to(torch.float32, memory_format=torch.contiguous_format, copy=True)
+    y = y.view(batch, groups, channels // groups, *x.shape[2:])
+    y.sub_(mean.to(y.device)[:, :, None, None, None]).mul_(rstd.to(y.device)[:, :, None, None, None])
+    y = y.view_as(x)
+    if norm.affine:
+        y.mul_(norm.weight.float()[None, :, None, None]).add_(norm.bias.float()[None, :, None, None])
+    return y.to(x.dtype)

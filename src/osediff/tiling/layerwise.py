@@ -1,0 +1,188 @@
+"""Layer-by-layer tiled execution of convolutional stacks, with image-wide GroupNorm statistics.
+
+Every layer of the VAE runs over all tiles before the next layer starts. The feature map between
+layers is kept whole (on ``store``, e.g. the CPU) as non-overlapping tile *cores*; each tile is
+cut out with just the halo its layer needs (one pixel for a 3x3 convolution), moved to the
+compute device, processed with the model's own modules, and only its core is written back. So:
+
+* the result is the untiled one up to float rounding: every core pixel sees exactly the
+  neighbours it would see in the full image, and zero padding happens only at the image border,
+  where the untiled network pads too (a fixed-halo scheme would need a ~115 px halo on the
+  SD encoder for that, and still be approximate at the attention layer);
+* compute-device memory is bounded by one tile's activations, whatever the image size;
+* the stored state is one copy of each live feature map, without halo duplication, written in
+  place where the layer allows it.
+
+Statistics for the next GroupNorm are collected from each core as it is written, which costs no
+extra pass over the map.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .groupnorm import ChannelStats, group_norm
+
+Box = tuple[int, int, int, int]  # top, bottom, left, right; bottom and right exclusive
+
+# upper bound on query x key elements per attention call, in case SDPA falls back to its math kernel
+_SCORE_BUDGET = 1 << 26
+
+
+def split_axis(size: int, tile: int, align: int) -> list[tuple[int, int]]:
+    """Near-equal spans covering ``[0, size)``, each at most ``tile`` long, bounds multiples of ``align``."""
+    if size % align:
+        raise ValueError(f"size {size} is not a multiple of {align}")
+    tile = max(align, tile // align * align)
+    count = -(-size // tile)
+    units = size // align
+    bounds = [round(i * units / count) * align for i in range(count + 1)]
+    return list(itertools.pairwise(bounds))
+
+
+@dataclass(frozen=True)
+class Grid:
+    """Non-overlapping tile cores that cover a ``height`` x ``width`` map."""
+
+    height: int
+    width: int
+    cores: tuple[Box, ...]
+
+    @classmethod
+    def cover(cls, height: int, width: int, tile: int, align: int = 1) -> Grid:
+        rows, cols = split_axis(height, tile, align), split_axis(width, tile, align)
+        return cls(height, width, tuple((t, b, left, r) for t, b in rows for left, r in cols))
+
+    def scaled(self, up: int, down: int) -> Grid:
+        def scale(v: int) -> int:
+            if (v * up) % down:
+                raise ValueError(f"tile bound {v} does not survive a 1/{down} resize; align the tiles")
+            return v * up // down
+
+        return Grid(scale(self.height), scale(self.width),
+                    tuple((scale(t), scale(b), scale(le), scale(r)) for t, b, le, r in self.cores))
+
+    def expand(self, box: Box, halo: int) -> Box:
+        t, b, left, r = box
+        return max(0, t - halo), min(self.height, b + halo), max(0, left - halo), min(self.width, r + halo)
+
+
+def _cut(src: torch.Tensor, box: Box) -> torch.Tensor:
+    return src[:, :, box[0]:box[1], box[2]:box[3]]
+
+
+class TiledRunner:
+    """Runs layers over every tile of a feature map; see the module docstring.
+
+    ``image_stats=False`` normalises each tile with its own statistics instead (the naive tiled
+    VAE); it exists only to measure what the image-wide statistics buy.
+    """
+
+    def __init__(self, grid: Grid, device: torch.device, dtype: torch.dtype, store: torch.device,
+                 image_stats: bool = True) -> None:
+        self.grid = grid
+        self.device = device
+        self.dtype = dtype
+        self.store = store
+        self.image_stats = image_stats
+
+    def norm(self, x: torch.Tensor, module: nn.GroupNorm, stats: ChannelStats | None) -> torch.Tensor:
+        return group_norm(x, module, stats if self.image_stats else None)
+
+    def run(self, fn: Callable[..., torch.Tensor], inputs: Sequence[torch.Tensor], halo: int = 1,
+            up: int = 1, down: int = 1, out: torch.Tensor | None = None,
+            collect: bool = True) -> tuple[torch.Tensor, ChannelStats | None]:
+        """``fn`` over every tile of ``inputs`` (cut with ``halo``); returns the output map and its stats.
+
+        ``fn`` must be local: output pixel p depends on input pixels within ``halo`` of p / scale.
+        Its output is ``up / down`` times the size of its input. ``out`` may be ``inputs[0]`` when
+        ``fn`` uses that input only pointwise (a neighbour's halo read from it then lands in the
+        halo of the output, which is discarded).
+        """
+        new_grid = self.grid.scaled(up, down)
+        stats = ChannelStats() if collect else None
+        for core, new_core in zip(self.grid.cores, new_grid.cores, strict=True):
+            region = self.grid.expand(core, halo)
+            parts = [_cut(src, region).to(self.device, self.dtype).contiguous() for src in inputs]
+            y = fn(*parts)
+            del parts
+            top, left = (core[0] - region[0]) * up // down, (core[2] - region[2]) * up // down
+            piece = y[:, :, top:top + new_core[1] - new_core[0], left:left + new_core[3] - new_core[2]]
+            if out is None:
+                out = torch.empty((y.shape[0], y.shape[1], new_grid.height, new_grid.width),
+                                  dtype=self.dtype, device=self.store)
+            _cut(out, new_core).copy_(piece)
+            if stats is not None:
+                stats.update(piece)
+            del y, piece
+        self.grid = new_grid
+        if out is None:
+            raise ValueError("the grid has no tiles")
+        return out, stats
+
+    def attention(self, attn: nn.Module, x: torch.Tensor, stats: ChannelStats | None, mode: str,
+                  margin: int) -> tuple[torch.Tensor, ChannelStats]:
+        """diffusers' self-``Attention`` (with its group norm) over the map ``x``.
+
+        ``mode="global"``: every query attends to every pixel of the image, which is exactly the
+        untiled layer; keys and values of the whole map are held on the compute device (2 x
+        pixels x channels at 1/8 scale, e.g. 64 MiB in fp16 for a 2048x2048 image) and the cost
+        is quadratic in the pixel count, as untiled. ``mode="tile"``: each tile's queries attend
+        only to keys within ``margin`` pixels of its core (the multidiffusion approximation:
+        linear cost, visible only as slight global-context differences).
+        """
+        batch, channels = x.shape[:2]
+        heads = attn.heads
+        head_dim = channels // heads
+
+        def tokens(region: torch.Tensor) -> torch.Tensor:
+            return self.norm(region, attn.group_norm, stats).flatten(2).transpose(1, 2)
+
+        def split_heads(t: torch.Tensor) -> torch.Tensor:
+            return t.reshape(batch, -1, heads, head_dim).transpose(1, 2)
+
+        def keys_values(boxes: Sequence[Box]) -> tuple[torch.Tensor, torch.Tensor]:
+            keys, values = [], []
+            for box in boxes:
+                t = tokens(_cut(x, box).to(self.device, self.dtype))
+                keys.append(attn.to_k(t))
+                values.append(attn.to_v(t))
+                del t
+            return split_heads(torch.cat(keys, 1)), split_heads(torch.cat(values, 1))
+
+        if mode == "global":
+            key, value = keys_values(self.grid.cores)
+            out = x  # safe in place: keys and values are fixed before any core is overwritten
+        elif mode == "tile":
+            out = torch.empty_like(x)  # neighbours' keys are read from x after a core is written
+        else:
+            raise ValueError(f"unknown attention mode {mode!r}; use 'global' or 'tile'")
+        new_stats = ChannelStats()
+        for core in self.grid.cores:
+            if mode == "tile":
+                key, value = keys_values([self.grid.expand(core, margin)])
+            residual = _cut(x, core).to(self.device, self.dtype)
+            queries = tokens(residual)
+            chunk = max(256, _SCORE_BUDGET // key.shape[2])
+            outs = []
+            for start in range(0, queries.shape[1], chunk):
+                q = split_heads(attn.to_q(queries[:, start:start + chunk]))
+                o = F.scaled_dot_product_attention(q, key, value, scale=attn.scale)
+                o = o.transpose(1, 2).reshape(batch, -1, heads * head_dim).to(q.dtype)
+                outs.append(attn.to_out[1](attn.to_out[0](o)))
+                del q, o
+            y = torch.cat(outs, 1).transpose(1, 2).reshape(residual.shape)
+            del outs, queries
+            if attn.residual_connection:
+                y = y + residual
+            y = y / attn.rescale_output_factor
+            _cut(out, core).copy_(y)
+            new_stats.update(y)
+            del y, residual
+        return out, new_stats

@@ -1,0 +1,231 @@
+"""Tiled VAE encode/decode for images larger than memory allows, equal to the untiled result.
+
+The SD VAE's memory peak is its full-resolution feature maps (128-256 channels at the image
+size: several GiB for a 2048x2048 decode). Here every layer runs tile by tile with the model's
+own modules (so LoRA-merged weights and unmerged peft adapters work unchanged), as explained in
+:mod:`osediff.tiling.layerwise`:
+
+* convolutions see their true neighbours (a 1 px halo per layer, cut from the stored map), so
+  no tile-border seams, and no wide fixed halo to recompute;
+* every GroupNorm uses the statistics of the whole image (the idea of multidiffusion-upscaler's
+  Tiled VAE), gathered from the tile cores while they are written;
+* the mid-block self-attention is global by default (exact); ``attention="tile"`` restricts each
+  tile's queries to keys within ``overlap`` pixels of it, making the cost linear in image size
+  at the price of a small approximation.
+
+The result matches ``vae.quant_conv(vae.encoder(x))`` / ``vae.decoder(vae.post_quant_conv(z))``
+to float rounding. Maps between layers live on ``offload_device`` (default: the VAE's device);
+with ``offload_device="cpu"`` on a GPU, GPU memory is bounded by one tile's activations plus
+the keys and values of global attention.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Literal
+
+import torch
+from torch import nn
+
+from .groupnorm import ChannelStats
+from .layerwise import Grid, TiledRunner
+
+AttentionMode = Literal["global", "tile"]
+StatsMode = Literal["image", "tile"]
+
+
+def _plain_encode(vae: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    moments = vae.encoder(x)
+    return vae.quant_conv(moments) if vae.quant_conv is not None else moments
+
+
+def _plain_decode(vae: nn.Module, z: torch.Tensor) -> torch.Tensor:
+    if vae.post_quant_conv is not None:
+        z = vae.post_quant_conv(z)
+    return vae.decoder(z)
+
+
+def _unsupported(vae: nn.Module) -> str | None:
+    """Why this VAE's structure cannot be tiled here (None if it can): anything but SD-style blocks."""
+    from diffusers.models.attention_processor import Attention
+    from diffusers.models.autoencoders.vae import Decoder, Encoder
+    from diffusers.models.downsampling import Downsample2D
+    from diffusers.models.resnet import ResnetBlock2D
+    from diffusers.models.upsampling import Upsample2D
+
+    encoder, decoder = getattr(vae, "encoder", None), getattr(vae, "decoder", None)
+    if not isinstance(encoder, Encoder) or not isinstance(decoder, Decoder):
+        return "encoder/decoder are not diffusers' Encoder/Decoder"
+    blocks = [*encoder.down_blocks, encoder.mid_block, decoder.mid_block, *decoder.up_blocks]
+    for block in blocks:
+        for resnet in block.resnets:
+            if not isinstance(resnet, ResnetBlock2D) or resnet.upsample is not None \
+                    or resnet.downsample is not None or resnet.time_emb_proj is not None \
+                    or not isinstance(resnet.norm1, nn.GroupNorm) or not isinstance(resnet.norm2, nn.GroupNorm):
+                return f"unsupported resnet {type(resnet).__name__}"
+        for attn in getattr(block, "attentions", None) or []:
+            if attn is not None and (not isinstance(attn, Attention) or attn.is_cross_attention
+                                     or not isinstance(attn.group_norm, nn.GroupNorm)
+                                     or attn.spatial_norm is not None or attn.norm_q is not None
+                                     or attn.norm_k is not None):
+                return "unsupported attention layer"
+        for sampler in [*(getattr(block, "downsamplers", None) or []), *(getattr(block, "upsamplers", None) or [])]:
+            if isinstance(sampler, Downsample2D) and sampler.norm is None:
+                continue
+            if isinstance(sampler, Upsample2D) and sampler.norm is None and sampler.interpolate \
+                    and not sampler.use_conv_transpose:
+                continue
+            return f"unsupported resampler {type(sampler).__name__}"
+    for block in [*encoder.down_blocks, *decoder.up_blocks]:
+        if getattr(block, "attentions", None):
+            return "attention inside down/up blocks"
+    if not isinstance(encoder.conv_norm_out, nn.GroupNorm) or not isinstance(decoder.conv_norm_out, nn.GroupNorm):
+        return "conv_norm_out is not a GroupNorm (spatial norm?)"
+    return None
+
+
+def _resnet(run: TiledRunner, block: nn.Module, x: torch.Tensor,
+            stats: ChannelStats | None) -> tuple[torch.Tensor, ChannelStats | None]:
+    """diffusers' ResnetBlock2D (no time embedding) as two tiled passes, one per GroupNorm."""
+    h, h_stats = run.run(lambda r: block.conv1(block.nonlinearity(run.norm(r, block.norm1, stats))), [x])
+
+    def second(r: torch.Tensor, hr: torch.Tensor) -> torch.Tensor:
+        out = block.conv2(block.dropout(block.nonlinearity(run.norm(hr, block.norm2, h_stats))))
+        shortcut = block.conv_shortcut(r) if block.conv_shortcut is not None else r
+        return (shortcut + out) / block.output_scale_factor
+
+    # without a shortcut conv, x enters the second pass pointwise, so its memory can take the output
+    return run.run(second, [x, h], out=x if block.conv_shortcut is None else None)
+
+
+def _mid_block(run: TiledRunner, block: nn.Module, x: torch.Tensor, stats: ChannelStats | None,
+               attention: str, margin: int) -> tuple[torch.Tensor, ChannelStats | None]:
+    x, stats = _resnet(run, block.resnets[0], x, stats)
+    for attn, resnet in zip(block.attentions, block.resnets[1:], strict=True):
+        if attn is not None:
+            x, stats = run.attention(attn, x, stats, attention, margin)
+        x, stats = _resnet(run, resnet, x, stats)
+    return x, stats
+
+
+def _setup(vae: nn.Module, offload_device: torch.device | str | None) -> tuple[torch.device, torch.dtype,
+                                                                                torch.device]:
+    norm = vae.decoder.conv_norm_out  # a plain module whatever adapters wrap the convolutions
+    device, dtype = norm.weight.device, norm.weight.dtype
+    return device, dtype, torch.device(offload_device) if offload_device is not None else device
+
+
+def _check(images: torch.Tensor, tile_size: int, attention: str) -> None:
+    if images.ndim != 4:
+        raise ValueError(f"expected an (N, C, H, W) tensor, got shape {tuple(images.shape)}")
+    if tile_size < 1:
+        raise ValueError(f"tile_size must be positive, got {tile_size}")
+    if attention not in ("global", "tile"):
+        raise ValueError(f"unknown attention mode {attention!r}; use 'global' or 'tile'")
+
+
+@torch.no_grad()
+def tiled_encode(vae: nn.Module, x: torch.Tensor, tile_size: int = 1024, overlap: int | None = None,
+                 offload_device: torch.device | str | None = None, attention: AttentionMode = "global",
+                 group_norm_stats: StatsMode = "image") -> torch.Tensor:
+    """``vae.quant_conv(vae.encoder(x))`` computed in tiles of at most ``tile_size`` pixels.
+
+    ``x``: (N, 3, H, W) in [-1, 1], H and W multiples of 8. Returns the (N, 2 * latent_channels,
+    H / 8, W / 8) moments (mean, logvar) on the VAE's device and dtype. ``overlap`` (pixels, default
+    ``tile_size // 4``) is the attention context beyond each tile for ``attention="tile"`` and
+    unused otherwise: convolutions always see their exact neighbours. ``group_norm_stats="tile"``
+    (naive per-tile statistics) exists only for comparison. An input that fits in one tile, or a
+    VAE whose structure is not SD-like, takes the plain untiled path.
+    """
+    _check(x, tile_size, attention)
+    device, dtype, store = _setup(vae, offload_device)
+    height, width = x.shape[-2:]
+    reason = _unsupported(vae)
+    if reason is not None:
+        warnings.warn(f"tiled VAE encode unavailable ({reason}); encoding untiled", stacklevel=2)
+    if reason is not None or (height <= tile_size and width <= tile_size):
+        return _plain_encode(vae, x.to(device, dtype))
+    encoder = vae.encoder
+    factor = 2 ** sum(block.downsamplers is not None for block in encoder.down_blocks)
+    if height % factor or width % factor:
+        raise ValueError(f"image size {height}x{width} is not a multiple of {factor}")
+    # cores aligned to the total downsampling so every stride-2 conv starts on an even pixel
+    grid = Grid.cover(height, width, tile_size, align=factor)
+    margin = max(1, (tile_size // 4 if overlap is None else overlap) // factor)
+    quant = vae.quant_conv if vae.quant_conv is not None else nn.Identity()
+    image_stats = group_norm_stats == "image"
+    result = None
+    for i in range(x.shape[0]):  # samples are independent; one at a time bounds the stored maps
+        run = TiledRunner(grid, device, dtype, store, image_stats=image_stats)
+        h = _encode_one(run, encoder, quant, x[i:i + 1], attention, margin)
+        if result is None:
+            result = torch.empty((x.shape[0], *h.shape[1:]), dtype=dtype, device=device)
+        result[i:i + 1] = h
+        del h
+    assert result is not None
+    return result
+
+
+def _encode_one(run: TiledRunner, encoder: nn.Module, quant: nn.Module, x: torch.Tensor, attention: str,
+                margin: int) -> torch.Tensor:
+    h, stats = run.run(encoder.conv_in, [x])
+    for block in encoder.down_blocks:
+        for resnet in block.resnets:
+            h, stats = _resnet(run, resnet, h, stats)
+        for sampler in block.downsamplers or []:
+            # halo 2 keeps each tile's start even, so its stride-2 grid is the image's
+            h, stats = run.run(sampler, [h], halo=2, down=2)
+    h, stats = _mid_block(run, encoder.mid_block, h, stats, attention, margin)
+    norm = encoder.conv_norm_out
+    h, _ = run.run(lambda r: quant(encoder.conv_out(encoder.conv_act(run.norm(r, norm, stats)))), [h],
+                   collect=False)
+    return h
+
+
+@torch.no_grad()
+def tiled_decode(vae: nn.Module, z: torch.Tensor, tile_size: int = 224, overlap: int | None = None,
+                 offload_device: torch.device | str | None = None, attention: AttentionMode = "global",
+                 group_norm_stats: StatsMode = "image") -> torch.Tensor:
+    """``vae.decoder(vae.post_quant_conv(z))`` computed in tiles of at most ``tile_size`` latent pixels.
+
+    ``z``: (N, latent_channels, h, w), unscaled (already divided by the scaling factor). Returns the
+    (N, 3, 8h, 8w) image on the VAE's device and dtype. ``overlap`` (latent pixels, default
+    ``tile_size // 4``) only matters for ``attention="tile"``; see :func:`tiled_encode`.
+    """
+    _check(z, tile_size, attention)
+    device, dtype, store = _setup(vae, offload_device)
+    height, width = z.shape[-2:]
+    reason = _unsupported(vae)
+    if reason is not None:
+        warnings.warn(f"tiled VAE decode unavailable ({reason}); decoding untiled", stacklevel=2)
+    if reason is not None or (height <= tile_size and width <= tile_size):
+        return _plain_decode(vae, z.to(device, dtype))
+    decoder = vae.decoder
+    grid = Grid.cover(height, width, tile_size)
+    margin = max(1, tile_size // 4 if overlap is None else overlap)
+    post_quant = vae.post_quant_conv if vae.post_quant_conv is not None else nn.Identity()
+    image_stats = group_norm_stats == "image"
+    result = None
+    for i in range(z.shape[0]):
+        run = TiledRunner(grid, device, dtype, store, image_stats=image_stats)
+        h = _decode_one(run, decoder, post_quant, z[i:i + 1], attention, margin)
+        if result is None:
+            result = torch.empty((z.shape[0], *h.shape[1:]), dtype=dtype, device=device)
+        result[i:i + 1] = h
+        del h
+    assert result is not None
+    return result
+
+
+def _decode_one(run: TiledRunner, decoder: nn.Module, post_quant: nn.Module, z: torch.Tensor, attention: str,
+                margin: int) -> torch.Tensor:
+    h, stats = run.run(lambda r: decoder.conv_in(post_quant(r)), [z])
+    h, stats = _mid_block(run, decoder.mid_block, h, stats, attention, margin)
+    for block in decoder.up_blocks:
+        for resnet in block.resnets:
+            h, stats = _resnet(run, resnet, h, stats)
+        for sampler in block.upsamplers or []:
+            h, stats = run.run(sampler, [h], up=2)
+    norm = decoder.conv_norm_out
+    h, _ = run.run(lambda r: decoder.conv_out(decoder.conv_act(run.norm(r, norm, stats))), [h], collect=False)
+    return h
