@@ -82,7 +82,7 @@ class RAMPromptExtractor:
         return out
 
     def _tensor(self, image: Image.Image) -> torch.Tensor:
-        array = np.asarray(image.convert("RGB"))  # uint8 to the device, the float copy is made there
+        array = np.array(image.convert("RGB"))  # uint8 to the device, the float copy is made there
         return torch.from_numpy(array).to(self.device).permute(2, 0, 1).unsqueeze(0).float() / 255.0
 
     def __call__(self, images: list[Image.Image], user_prompt: str = "") -> list[str]:
