@@ -128,8 +128,8 @@ def test_resize_gives_sampled_sizes_and_order(monkeypatch: pytest.MonkeyPatch) -
     calls: list[tuple[str, tuple[int, ...]]] = []
     real_resize, real_jpeg = ops.resize, ops.jpeg
 
-    def rec_resize(x, size, mode):
-        out = real_resize(x, size, mode)
+    def rec_resize(x, size, mode, scale=None):
+        out = real_resize(x, size, mode, scale)
         calls.append(("resize", tuple(out.shape[-2:])))
         return out
 
@@ -188,6 +188,14 @@ def test_sampled_kernels_are_normalised_and_padded() -> None:
         assert abs(k.sum().item() - 1.0) < 1e-5
         s = K.sample_final_sinc(0.8, g)
         assert abs(s.sum().item() - 1.0) < 1e-5
+
+
+def test_beta_draws_split_at_one() -> None:
+    g = torch.Generator().manual_seed(0)
+    betas = [K._sample_beta(g, (0.5, 4.0)) for _ in range(400)]
+    below = sum(b < 1 for b in betas) / len(betas)
+    assert 0.43 < below < 0.57 and min(betas) >= 0.5 and max(betas) <= 4.0
+    assert all(1.5 <= K._sample_beta(g, (1.5, 3.0)) <= 3.0 for _ in range(50))
 
 
 def test_kernel_closed_forms() -> None:
@@ -357,3 +365,6 @@ def test_runs_on_cuda_and_is_deterministic() -> None:
     # same parameters as on the CPU; only the device's noise stream differs
     cpu = deg(hq.cpu(), generator=torch.Generator().manual_seed(0))
     assert (a.cpu() - cpu).abs().mean() < 0.1
+    # a generator on the GPU is accepted too (the training loop may hold one)
+    c = deg(hq, generator=torch.Generator(device="cuda").manual_seed(0))
+    assert torch.equal(c, deg(hq, generator=torch.Generator(device="cuda").manual_seed(0)))

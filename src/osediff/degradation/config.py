@@ -133,6 +133,8 @@ class DegradationConfig:
         _check_prob(self.final_sinc_prob, "final_sinc_prob")
         _check_prob(self.gray_prob, "gray_prob")
         self.color_jitter.validate("color_jitter")
+        if not isinstance(self.share_resize_in_batch, bool):
+            raise ValueError(f"share_resize_in_batch must be true or false, got {self.share_resize_in_batch!r}")
 
     def to_dict(self) -> dict[str, Any]:
         """Nested plain-Python dict (lists, not tuples) that :meth:`from_dict` reads back."""

@@ -39,17 +39,25 @@ def filter2d(img: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
     return out.reshape(n, c, h, w)
 
 
-def resize(img: torch.Tensor, size: tuple[int, int], mode: str) -> torch.Tensor:
+def resize(img: torch.Tensor, size: tuple[int, int], mode: str, scale: float | None = None) -> torch.Tensor:
     """Resize to ``size`` = (H, W) with ``area``, ``bilinear`` or ``bicubic`` (no antialias, as the
-    authors' F.interpolate calls; area averaging is the anti-aliased choice when shrinking)."""
+    authors' F.interpolate calls; area averaging is the anti-aliased choice when shrinking).
+
+    With ``scale`` the sampling grid follows that factor, as ``F.interpolate(scale_factor=scale)`` does
+    in Real-ESRGAN's first stage; ``size`` must then be ⌊H·scale⌋ x ⌊W·scale⌋.
+    """
     size = (max(1, int(size[0])), max(1, int(size[1])))
     if tuple(img.shape[-2:]) == size:
         return img
-    if mode == "area":
-        return F.interpolate(img, size=size, mode="area")
-    if mode in ("bilinear", "bicubic"):
-        return F.interpolate(img, size=size, mode=mode, align_corners=False)
-    raise ValueError(f"unknown resize mode {mode!r}")
+    if mode not in ("area", "bilinear", "bicubic"):
+        raise ValueError(f"unknown resize mode {mode!r}")
+    extra = {} if mode == "area" else {"align_corners": False}
+    if scale is not None:
+        out = F.interpolate(img, scale_factor=scale, mode=mode, recompute_scale_factor=False, **extra)
+        if tuple(out.shape[-2:]) != size:
+            raise ValueError(f"scale {scale} gives {tuple(out.shape[-2:])}, not the requested {size}")
+        return out
+    return F.interpolate(img, size=size, mode=mode, **extra)
 
 
 def gaussian_noise(img: torch.Tensor, sigma: torch.Tensor, gray: torch.Tensor,

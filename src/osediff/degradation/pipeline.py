@@ -33,6 +33,7 @@ class StageParams:
     blur: bool  # False: the stage skips its blur (kernel is the identity)
     resize_mode: str
     size: tuple[int, int]  # (H, W) after this stage's resize
+    scale: float | None  # stage 1: the factor r behind ``size`` (drives the resampling grid); stage 2: None
     noise: str  # "gaussian" or "poisson"
     noise_level: float  # Gaussian σ on the 0..255 scale, or the Poisson scale s
     gray_noise: bool
@@ -55,7 +56,7 @@ class SampleParams:
 
     def shape_key(self) -> tuple:
         """Choices that fix tensor shapes/order: samples sharing them can run as one batch."""
-        return (self.stage1.size, self.stage1.resize_mode, self.stage2.size, self.stage2.resize_mode,
+        return (self.stage1.size, self.stage1.scale, self.stage1.resize_mode, self.stage2.size, self.stage2.resize_mode,
                 self.sinc_before_jpeg, self.final_mode, self.back_mode)
 
 
@@ -84,14 +85,16 @@ class RealESRGANDegradation:
         cfg, (h, w) = self.config, hw
         r1, mode1 = _resize_scale(cfg.stage1, g), _mode(g)
         r2, mode2 = _resize_scale(cfg.stage2, g), _mode(g)
+        size1 = (int(h * r1), int(w * r1))
         return {
             # int() truncation as F.interpolate(scale_factor=r) and the authors' int(H / s * r)
-            "size1": (max(1, int(h * r1)), max(1, int(w * r1))), "mode1": mode1,
+            "size1": (max(1, size1[0]), max(1, size1[1])), "scale1": r1 if min(size1) >= 1 else None,
+            "mode1": mode1,
             "size2": (max(1, int(h / cfg.scale * r2)), max(1, int(w / cfg.scale * r2))), "mode2": mode2,
             "sinc_before_jpeg": bernoulli(g, 0.5), "final_mode": _mode(g), "back_mode": _mode(g),
         }
 
-    def _sample_stage(self, stage: StageConfig, size: tuple[int, int], mode: str,
+    def _sample_stage(self, stage: StageConfig, size: tuple[int, int], scale: float | None, mode: str,
                       g: torch.Generator) -> StageParams:
         blur = bernoulli(g, stage.blur_prob)
         kernel = sample_blur_kernel(stage.blur, g) if blur else delta_kernel(stage.blur.kernel_size)
@@ -102,7 +105,7 @@ class RealESRGANDegradation:
         gray_noise = bernoulli(g, stage.gray_noise_prob)
         # libjpeg takes integer qualities; Real-ESRGAN's DiffJPEG interpolates fractional ones
         quality = round(uniform(g, *stage.jpeg_range))
-        return StageParams(kernel, blur, mode, size, noise, level, gray_noise, quality)
+        return StageParams(kernel, blur, mode, size, scale, noise, level, gray_noise, quality)
 
     def _sample_jitter(self, g: torch.Generator) -> list[tuple[str, float]]:
         jc = self.config.color_jitter
@@ -119,8 +122,8 @@ class RealESRGANDegradation:
         out = []
         for _ in range(batch_size):
             geo = shared or self._sample_geometry(hq_size, generator)
-            s1 = self._sample_stage(cfg.stage1, geo["size1"], geo["mode1"], generator)
-            s2 = self._sample_stage(cfg.stage2, geo["size2"], geo["mode2"], generator)
+            s1 = self._sample_stage(cfg.stage1, geo["size1"], geo["scale1"], geo["mode1"], generator)
+            s2 = self._sample_stage(cfg.stage2, geo["size2"], None, geo["mode2"], generator)
             final_sinc = bernoulli(generator, cfg.final_sinc_prob)
             sinc = sample_final_sinc(1.0 if final_sinc else 0.0, generator)
             gray = bernoulli(generator, cfg.gray_prob)
@@ -154,7 +157,7 @@ class RealESRGANDegradation:
         s1, s2 = [p.stage1 for p in ps], [p.stage2 for p in ps]
         # stage 1
         x = self._blur(x, [s.kernel for s in s1], [s.blur for s in s1])
-        x = ops.resize(x, p0.stage1.size, p0.stage1.resize_mode)
+        x = ops.resize(x, p0.stage1.size, p0.stage1.resize_mode, p0.stage1.scale)
         x = self._noise(x, s1, g)
         x = ops.jpeg(x, [s.jpeg_quality for s in s1])
         # stage 2
