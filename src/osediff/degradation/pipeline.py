@@ -116,7 +116,7 @@ class RealESRGANDegradation:
         return [(names[i], uniform(g, *getattr(jc, names[i]))) for i in order]
 
     def sample(self, batch_size: int, hq_size: tuple[int, int], generator: torch.Generator) -> list[SampleParams]:
-        """Draw every random choice for a batch of HQ images of size ``hq_size`` = (H, W)."""
+        """Draw every random choice for a batch of HQ images of size ``hq_size`` = (H, W) (CPU generator)."""
         cfg = self.config
         shared = self._sample_geometry(hq_size, generator) if cfg.share_resize_in_batch else None
         out = []
