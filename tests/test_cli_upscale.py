@@ -77,7 +77,7 @@ def test_image_modes_orientation_animation_and_pixel_limit(cli, tmp_path, capsys
     rgb.convert("L").save(src / "gray.png")
     rgb.convert("P").save(src / "palette.png")
     rgb.convert("CMYK").save(src / "cmyk.jpg")
-    Image.fromarray((np.arange(140, dtype=np.uint16).reshape(10, 14) * 400)).save(src / "deep16.png")
+    Image.fromarray(np.arange(140, dtype=np.uint16).reshape(10, 14) * 400).save(src / "deep16.png")
     rgba = rgb.convert("RGBA")
     rgba.putalpha(128)
     rgba.save(src / "alpha.png")

@@ -114,9 +114,24 @@ class OSEDiffPipeline:
 
     def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> OSEDiffPipeline:
         for model in (self.vae, self.unet, self.text_encoder):
-            model.to(device=device, dtype=dtype)
-        self._prompt_cache.clear()
+            if model is not None:
+                model.to(device=device, dtype=dtype)
+        for prompt, embedding in self._prompt_cache.items():
+            self._prompt_cache[prompt] = embedding.to(device=device, dtype=dtype)
         return self
+
+    def optimize(self, channels_last: bool = True, compile_unet: bool = False) -> OSEDiffPipeline:
+        """Speed-ups that do not change the maths: NHWC convolutions, optionally a compiled UNet."""
+        if channels_last:
+            for model in (self.vae, self.unet):
+                model.to(memory_format=torch.channels_last)
+        if compile_unet:
+            self.unet = torch.compile(self.unet, dynamic=True)
+        return self
+
+    def release_text_encoder(self) -> None:
+        """Free the CLIP text encoder once every prompt needed is cached (fixed-prompt batches)."""
+        self.text_encoder = None
 
     @property
     def device(self) -> torch.device:
@@ -133,6 +148,8 @@ class OSEDiffPipeline:
         if prompt in self._prompt_cache:
             self._prompt_cache.move_to_end(prompt)
             return self._prompt_cache[prompt]
+        if self.text_encoder is None:
+            raise RuntimeError(f"the text encoder was released; prompt {prompt!r} was not encoded beforehand")
         ids = self.tokenizer(prompt, max_length=self.tokenizer.model_max_length, padding="max_length",
                              truncation=True, return_tensors="pt").input_ids
         device = next(self.text_encoder.parameters()).device

@@ -32,11 +32,22 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
     print(f"warning: {message}", file=file or sys.stderr)
 
 
+def _quiet_libraries() -> None:
+    """Library chatter (load bars, dtype notes) would drown the one-line messages users need."""
+    logging.getLogger("peft").setLevel(logging.ERROR)
+    for name in ("diffusers", "transformers"):
+        try:
+            module = importlib.import_module(f"{name}.utils.logging")
+        except ImportError:
+            continue
+        module.set_verbosity_error()
+        module.disable_progress_bar()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     warnings.showwarning = _one_line_warning
-    logging.getLogger("diffusers").setLevel(logging.ERROR)
-    logging.getLogger("transformers").setLevel(logging.ERROR)
+    _quiet_libraries()
     try:
         return int(args.run(args) or 0)
     except KeyboardInterrupt:

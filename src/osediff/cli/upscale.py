@@ -88,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"all {len(files)} outputs exist in {args.output}; nothing to do")
         return 0
     try:
-        pipe, tiles = _build_pipeline(args, rank, world)
+        pipe, tiles, user_prompt = _build_pipeline(args, rank, world)
     except (RuntimeError, ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -102,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
         try:
             loaded = load_image(src, max_pixels=args.max_pixels)
             saved = _saved_prompt(args.prompts_from, src)
-            result = pipe.run(loaded.rgb, args.upscale, args.prompt if saved is None else saved,
+            result = pipe.run(loaded.rgb, args.upscale, user_prompt if saved is None else saved,
                               extract_prompt=saved is None, align=args.align, tiles=tiles, latent=args.latent,
                               seed=args.seed, alpha=loaded.alpha)
             dst = output_path(src, args.output, args.format)
@@ -155,11 +155,19 @@ def _build_pipeline(args: argparse.Namespace, rank: int, world: int):
         args.base, args.weights or DEFAULT_WEIGHTS, device=device, dtype=dtype, merge_lora=not args.no_merge,
         local_files_only=args.offline,
     )
-    pipe.prompt_extractor = _build_extractor(args, device, dtype)
+    pipe.optimize(channels_last=True)
+    user_prompt = "" if args.prompt_extractor == "none" else args.prompt
+    if args.prompt_extractor in ("none", "text"):
+        if args.prompts_from is None:
+            # one fixed prompt for the whole batch: encode it now and free the text encoder
+            pipe.encode_prompt(user_prompt)
+            pipe.release_text_encoder()
+    else:
+        pipe.prompt_extractor = _build_extractor(args, device, dtype)
     tiles = TileConfig(enabled=not args.no_tiling, latent_tile=args.latent_tile,
                        latent_overlap=args.latent_overlap, vae_encoder_tile=args.vae_encoder_tile,
                        vae_decoder_tile=args.vae_decoder_tile, batch_size=args.tile_batch)
-    return pipe, tiles
+    return pipe, tiles, user_prompt
 
 
 def _build_extractor(args: argparse.Namespace, device, dtype):
