@@ -16,6 +16,9 @@ import warnings
 COMMANDS: dict[str, str] = {
     "upscale": "osediff.cli.upscale",
     "convert": "osediff.cli.convert",
+    "train": "osediff.cli.train",
+    "demo": "osediff.cli.demo",
+    "compare": "osediff.cli.compare",
 }
 
 

@@ -1,0 +1,268 @@
+"""Training configuration: typed dataclasses read from YAML, with errors that name the bad key.
+
+Defaults follow the paper and the authors' training script (cswry/OSEDiff ``train_osediff.py``):
+AdamW at 5e-5 (betas 0.9/0.999, weight decay 1e-2, eps 1e-8), LoRA rank 4, loss weights
+lambda_l2 = 1, lambda_lpips = 2, lambda_vsd = 1, lambda_vsd_lora = 1, CFG 7.5, 512 px crops,
+batch 4 with 4 accumulation steps, fp16, gradient clipping at 1.0.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+# The negative prompt of the authors' published training command.
+DEFAULT_NEGATIVE_PROMPT = (
+    "painting, oil painting, illustration, drawing, art, sketch, cartoon, CG Style, 3D render, unreal engine, "
+    "blurring, dirty, messy, worst quality, low quality, frames, watermark, signature, jpeg artifacts, deformed, "
+    "lowres, over-smooth"
+)
+
+
+class ConfigError(ValueError):
+    """A training configuration that cannot be used; the message names the key."""
+
+
+@dataclass
+class DataSource:
+    """A folder of images (searched recursively) or a text file with one image path per line."""
+
+    path: str
+    weight: float = 1.0  # relative probability of drawing an image from this source
+
+
+@dataclass
+class DataConfig:
+    sources: list[DataSource] = field(default_factory=list)
+    crop_size: int = 512
+    hflip: bool = True
+    scale: int = 4  # LQ is 1/scale of the HQ crop, then resized back to the crop size
+    num_workers: int = 2
+    # Real-ESRGAN degradation parameters (``osediff.degradation.DegradationConfig`` keys);
+    # empty means the authors' params_realesrgan.yml defaults.
+    degradation: dict[str, Any] = field(default_factory=dict)
+    # how the LQ goes back to the crop size as the model input: "bicubic" (as inference pre-upscales)
+    # or "degradation" (the authors' loader: a random resize mode before the final 8-bit rounding)
+    lq_resize: Literal["bicubic", "degradation"] = "bicubic"
+    validation: list[str] = field(default_factory=list)  # HQ images for the LQ|output|HQ strips
+
+
+@dataclass
+class PromptConfig:
+    source: Literal["none", "ram", "captions"] = "ram"
+    # captions: a sidecar ``<image stem><caption_ext>`` next to each image, or ``cache`` (a JSON
+    # object mapping image path -> caption) when given
+    caption_ext: str = ".txt"
+    cache: str | None = None
+    ram_options: dict[str, Any] = field(default_factory=dict)  # passed to the ``ram`` extractor
+    negative: str = DEFAULT_NEGATIVE_PROMPT
+
+
+@dataclass
+class ModelConfig:
+    base: str | None = None  # diffusers folder or hub id of SD-2.1-base; None tries the mirrors
+    rank_unet: int = 4
+    rank_vae: int = 4
+    rank_regularizer: int = 4
+    train_vae: Literal["encoder", "decoder", "both", "none"] = "encoder"
+    train_conv_in: bool = True
+    gradient_checkpointing: bool = True
+
+
+@dataclass
+class LossConfig:
+    lambda_l2: float = 1.0
+    lambda_lpips: float = 2.0
+    lambda_reg: float = 1.0  # weight of the regularisation term (lambda_vsd in the paper)
+    lambda_reg_lora: float = 1.0  # weight of the regulariser UNet's own diffusion loss
+    regularization: Literal["vsd_latent", "vsd_image", "adversarial", "none"] = "vsd_latent"
+    cfg_scale: float = 7.5
+    t_min: int = 20  # VSD timesteps are drawn uniformly from [t_min, t_max)
+    t_max: int = 980
+    lpips_pretrained: bool = True  # False builds a random-weight VGG (tests, offline smoke runs)
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 5e-5
+    lr_regularizer: float = 5e-5  # the regulariser LoRA (or discriminator)
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 1e-2
+    eps: float = 1e-8
+    scheduler: Literal["constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts",
+                       "polynomial"] = "constant"
+    warmup_steps: int = 500
+    max_grad_norm: float = 1.0
+
+
+@dataclass
+class RunConfig:
+    output_dir: str = "runs/osediff"
+    seed: int = 123
+    batch_size: int = 4  # per device
+    gradient_accumulation: int = 4
+    max_steps: int = 100_000  # optimiser steps
+    mixed_precision: Literal["no", "fp16", "bf16"] = "fp16"
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 3
+    validate_every: int = 500
+    export_every: int = 0  # 0: export only at the end
+    log_every: int = 10
+    device: str | None = None  # None lets Accelerate choose
+
+
+@dataclass
+class TrainConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    prompts: PromptConfig = field(default_factory=PromptConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any] | None, base_dir: str | Path | None = None) -> TrainConfig:
+        """Build from a plain dict; relative data paths are taken relative to ``base_dir``."""
+        config = _build(cls, raw or {}, "")
+        config._validate()
+        if base_dir is not None:
+            config._resolve_paths(Path(base_dir))
+        return config
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> TrainConfig:
+        import yaml
+
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"{path}: config file not found")
+        try:
+            raw = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: not valid YAML ({err})") from None
+        if raw is not None and not isinstance(raw, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of sections")
+        try:
+            return cls.from_dict(raw, base_dir=path.parent)
+        except ConfigError as err:
+            raise ConfigError(f"{path}: {err}") from None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def _validate(self) -> None:
+        checks = [
+            (self.data.crop_size > 0 and self.data.crop_size % (8 * self.data.scale) == 0,
+             "data.crop_size", f"must be a positive multiple of 8 * data.scale = {8 * self.data.scale}"),
+            (self.data.scale >= 1, "data.scale", "must be >= 1"),
+            (all(s.weight > 0 for s in self.data.sources), "data.sources", "every weight must be > 0"),
+            (min(self.model.rank_unet, self.model.rank_vae, self.model.rank_regularizer) >= 1,
+             "model.rank_*", "LoRA ranks must be >= 1"),
+            (0 <= self.loss.t_min < self.loss.t_max <= 1000, "loss.t_min/t_max",
+             "need 0 <= t_min < t_max <= 1000"),
+            (self.optim.lr > 0 and self.optim.lr_regularizer > 0, "optim.lr", "learning rates must be > 0"),
+            (self.run.batch_size >= 1, "run.batch_size", "must be >= 1"),
+            (self.run.gradient_accumulation >= 1, "run.gradient_accumulation", "must be >= 1"),
+            (self.run.max_steps >= 1, "run.max_steps", "must be >= 1"),
+            (self.run.keep_checkpoints >= 1, "run.keep_checkpoints", "must be >= 1"),
+            (self.prompts.source != "captions" or self.prompts.caption_ext.startswith(".") or self.prompts.cache,
+             "prompts.caption_ext", "must start with '.'"),
+        ]
+        for ok, key, message in checks:
+            if not ok:
+                raise ConfigError(f"{key}: {message}")
+        self.degradation_config()
+
+    def degradation_config(self):
+        """The ``osediff.degradation.DegradationConfig`` of ``data.degradation`` (scale from data.scale)."""
+        from ..degradation import DegradationConfig
+
+        try:
+            return DegradationConfig.from_dict({**self.data.degradation, "scale": self.data.scale})
+        except ValueError as err:
+            raise ConfigError(f"data.degradation: {err}") from None
+
+    def _resolve_paths(self, base_dir: Path) -> None:
+        def absolute(p: str) -> str:
+            path = Path(p).expanduser()
+            return str(path if path.is_absolute() else base_dir / path)
+
+        for source in self.data.sources:
+            source.path = absolute(source.path)
+        self.data.validation = [absolute(p) for p in self.data.validation]
+        if self.prompts.cache:
+            self.prompts.cache = absolute(self.prompts.cache)
+
+
+def _build(cls: type, raw: Any, where: str) -> Any:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where or 'config'}: expected a mapping, got {type(raw).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in raw.items():
+        path = f"{where}.{key}" if where else str(key)
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else f"; known keys: {', '.join(names)}"
+            raise ConfigError(f"unknown key {path!r}{hint}")
+        kwargs[key] = _coerce(hints[key], value, path)
+    return cls(**kwargs)
+
+
+def _coerce(hint: Any, value: Any, path: str) -> Any:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if dataclasses.is_dataclass(hint):
+        if hint is DataSource and isinstance(value, str):  # a bare path means weight 1
+            value = {"path": value}
+        return _build(hint, value, path)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(inner[0], value, path)
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{path}: {value!r} is not one of {', '.join(map(repr, args))}")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{path}: expected a list, got {type(value).__name__}")
+        return [_coerce(args[0], v, f"{path}[{i}]") for i, v in enumerate(value)]
+    if origin is tuple:
+        if not isinstance(value, list | tuple) or len(value) != len(args):
+            raise ConfigError(f"{path}: expected a list of {len(args)} numbers")
+        return tuple(_coerce(a, v, f"{path}[{i}]") for i, (a, v) in enumerate(zip(args, value, strict=True)))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: expected a mapping, got {type(value).__name__}")
+        return dict(value)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{path}: expected true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{path}: expected an integer, got {value!r}")
+        return value
+    if hint is float:
+        # YAML reads 5e-5 (no dot) as a string; accept numeric strings for floats only
+        if isinstance(value, str):
+            try:
+                value = float(value)
+            except ValueError:
+                raise ConfigError(f"{path}: expected a number, got {value!r}") from None
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{path}: expected a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{path}: expected a string, got {value!r}")
+        return value
+    return value
