@@ -6,6 +6,7 @@ the meta device and compared with the published key/shape list.
 
 from __future__ import annotations
 
+import gzip
 import json
 import subprocess
 import sys
@@ -28,7 +29,9 @@ from osediff.prompts.ram_weights import (
 )
 from osediff.prompts.tags import TagVocabulary, load_tag_vocabulary
 
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "ram_dape_state_dict.json"
+# key -> shape of the published RAM and DAPE state dicts, taken from the authors' code instantiated
+# with random weights (shared/ram_dape_state_dict.json, keys in state-dict order)
+REFERENCE = Path(__file__).resolve().parent / "data" / "ram_dape_shapes.json.gz"
 TAGS = ("3D CG rendering", "abacus", "cat", "dog", "house", "sky", "tree", "water", "car", "road", "grass", "zoo")
 
 
@@ -91,13 +94,13 @@ def expected_tags(model: RAMTagger, pictures: list[Image.Image], thresholds: lis
 
 @pytest.mark.parametrize("variant", ["ram", "dape"])
 def test_full_architecture_matches_published_keys(variant):
-    reference = json.loads(REFERENCE.read_text())[variant]
-    shapes = {k: torch.empty(v[0], device="meta") for k, v in reference.items()}
+    reference = json.loads(gzip.decompress(REFERENCE.read_bytes()))[variant]
+    shapes = {k: torch.empty(v, device="meta") for k, v in reference.items()}
     lora = {k: v for k, v in shapes.items() if ".lora_" in k} if variant == "dape" else None
     cfg = config_from_state_dict(shapes, lora)
     assert cfg == (RAMConfig().with_lora(8) if variant == "dape" else RAMConfig())
     ours = {k: tuple(v.shape) for k, v in published_state_dict(build_ram(cfg, device="meta")).items()}
-    theirs = {k: tuple(v[0]) for k, v in reference.items() if not is_ignored(k)}
+    theirs = {k: tuple(v) for k, v in reference.items() if not is_ignored(k)}
     assert ours == theirs
     ignored = [k for k in reference if is_ignored(k)]
     assert len(ours) + len(ignored) == len(reference) == (1290 if variant == "dape" else 1090)
