@@ -22,9 +22,13 @@ from .ram_weights import config_from_state_dict, load_published, read_state_dict
 from .tags import TagVocabulary, load_tag_vocabulary, resolve_vocabulary_files
 
 DEFAULT_RAM = "hf://xinyu1205/recognize_anything_model/ram_swin_large_14m.pth"
+RAM_MIRRORS = ("https://huggingface.co/spaces/xinyu1205/recognize-anything/resolve/main/ram_swin_large_14m.pth",)
 # DAPE.pth is published in the authors' repository (preset/models); a hub copy is reported in AdcSR.
 DEFAULT_DAPE = "hf://Guaishou74851/AdcSR/DAPE.pth"
 DAPE_MIRRORS = ("https://github.com/cswry/OSEDiff/raw/main/preset/models/DAPE.pth",)
+_WHERE = ("RAM: huggingface.co/xinyu1205/recognize_anything_model; DAPE.pth: the SeeSR/OSEDiff release "
+          "(drive.google.com/drive/folders/12HXrRGEXUAnmHRaf0bIn-S8XSK4Ku0JO); pass local copies with "
+          "--ram PATH --dape PATH")
 
 
 class RAMPromptExtractor:
@@ -90,13 +94,32 @@ class RAMPromptExtractor:
         return tags if self.bare else [compose_prompt(t, user_prompt) for t in tags]
 
 
-def _resolve(what: str, spec: str | os.PathLike, mirrors: tuple[str, ...], local_files_only: bool,
-             problems: list[str]) -> Path | None:
-    try:
-        return resolve_file(spec, mirrors=mirrors, local_files_only=local_files_only)
-    except ModelNotFoundError as err:
-        problems.append(f"{what} ({err})")
-        return None
+def _resolve_weights(ram_path: str | os.PathLike | None, dape_path: str | os.PathLike | None, use_dape: bool,
+                     tags_path: str | os.PathLike | None, thresholds_path: str | os.PathLike | None,
+                     local_files_only: bool) -> tuple[Path, Path | None, tuple[Path, Path]]:
+    """Local paths of every file needed; one :class:`ModelNotFoundError` lists all that are missing."""
+    problems: list[str] = []
+
+    def attempt(what: str, resolve):
+        try:
+            return resolve()
+        except ModelNotFoundError as err:
+            problems.append(f"{what} ({err})" if what else str(err))
+            return None
+
+    ram_file = attempt("RAM weights ram_swin_large_14m.pth (--ram)", lambda: resolve_file(
+        ram_path or DEFAULT_RAM, mirrors=() if ram_path else RAM_MIRRORS, local_files_only=local_files_only))
+    dape_file = None
+    if use_dape:
+        mirrors = () if dape_path else DAPE_MIRRORS
+        dape_file = attempt("DAPE weights DAPE.pth (--dape)", lambda: resolve_file(
+            dape_path or DEFAULT_DAPE, mirrors=mirrors, local_files_only=local_files_only))
+    tag_files = attempt("", lambda: resolve_vocabulary_files(tags_path, thresholds_path,
+                                                             local_files_only=local_files_only))
+    if problems:
+        raise ModelNotFoundError(f"{'DAPE' if use_dape else 'RAM'} prompt extraction needs files that could "
+                                 "not be found: " + " | ".join(problems) + f". {_WHERE}")
+    return ram_file, dape_file, tag_files
 
 
 def load_ram_extractor(*, ram_path: str | os.PathLike | None = None, dape_path: str | os.PathLike | None = None,
@@ -104,26 +127,13 @@ def load_ram_extractor(*, ram_path: str | os.PathLike | None = None, dape_path: 
                        thresholds_path: str | os.PathLike | None = None, device: str | torch.device | None = None,
                        dtype: str | torch.dtype | None = None, batch_size: int = 8, bare: bool = False,
                        local_files_only: bool = False) -> RAMPromptExtractor:
-    """Find every file first (one error lists all that are missing), then build, load, merge, move.
+    """Find every file first, then build, load, merge the LoRA and move to the device.
 
     The architecture is read from the weights' shapes, so the published Swin-L files and the tiny
     random ones of the tests go through the same path.
     """
-    problems: list[str] = []
-    ram_file = _resolve("RAM weights ram_swin_large_14m.pth (--ram)", ram_path or DEFAULT_RAM, (),
-                        local_files_only, problems)
-    dape_file = None
-    if use_dape:
-        dape_file = _resolve("DAPE weights DAPE.pth (--dape)", dape_path or DEFAULT_DAPE,
-                             () if dape_path else DAPE_MIRRORS, local_files_only, problems)
-    try:
-        tag_files = resolve_vocabulary_files(tags_path, thresholds_path, local_files_only=local_files_only)
-    except ModelNotFoundError as err:
-        problems.append(str(err))
-    if problems:
-        name = "DAPE" if use_dape else "RAM"
-        raise ModelNotFoundError(f"{name} prompt extraction needs files that could not be found: "
-                                 + " | ".join(problems))
+    ram_file, dape_file, tag_files = _resolve_weights(ram_path, dape_path, use_dape, tags_path, thresholds_path,
+                                                      local_files_only)
     vocabulary = load_tag_vocabulary(*tag_files)
     ram_weights = read_state_dict(ram_file)
     dape_weights = read_state_dict(dape_file) if dape_file else None

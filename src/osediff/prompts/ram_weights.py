@@ -22,6 +22,7 @@ Keys that are read but deliberately not loaded (see :data:`IGNORED_KEYS`):
 from __future__ import annotations
 
 import os
+import pickle
 import re
 import warnings
 from collections.abc import Mapping
@@ -75,9 +76,15 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     loader would silently load nothing from such files.
     """
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError:  # legacy (non-zip) serialisation cannot be memory-mapped
-        data = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            data = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError:  # legacy (non-zip) serialisation cannot be memory-mapped
+            data = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise CheckpointError(
+            f"{path}: holds Python objects besides tensors, which are not unpickled here (weights_only). "
+            "If you trust the file, save its state dict once: torch.save(torch.load(path, weights_only=False)"
+            "['model'], 'ram_state.pth'), and pass that file instead.") from None
     for wrapper in ("model", "state_dict", "params"):
         if isinstance(data, Mapping) and isinstance(data.get(wrapper), Mapping):
             data = data[wrapper]
