@@ -1,0 +1,168 @@
+"""The Gradio page: input and settings on the left, a bicubic | OSEDiff slider and the results on the right.
+
+Handlers receive only what gradio has put in its upload folder (checked again here) or an
+example *name* from the server-side list; every refusal reaches the page as a ``gr.Error``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from ..color import ALIGN_METHODS
+from ..pipeline import OSEDiffPipeline
+from .examples import ExampleLibrary
+from .limits import DemoInputError, UploadLimits, check_upload, open_limited
+from .service import DemoSettings, UpscaleService
+
+TITLE = "OSEDiff: one-step diffusion super-resolution"
+INTRO = (
+    "Upload a low-quality photo (or pick an example), choose the factor and press **Upscale**. "
+    "Drag the slider to compare the bicubic enlargement (left) with OSEDiff (right)."
+)
+TILE_CHOICES = (0, 512, 768, 1024)
+
+
+def upload_roots() -> list[Path]:
+    """Where gradio keeps files it received from browsers (and copies of files it served)."""
+    from gradio.utils import get_upload_folder
+
+    return [Path(get_upload_folder())]
+
+
+def image_slider(**kwargs: Any) -> gr.components.Component:
+    """gradio's own ImageSlider (gradio >= 5.?), else the ``gradio_imageslider`` custom component."""
+    if hasattr(gr, "ImageSlider"):
+        return gr.ImageSlider(**kwargs)
+    try:
+        from gradio_imageslider import ImageSlider
+    except ImportError as err:
+        raise RuntimeError("this gradio has no ImageSlider; pip install gradio_imageslider "
+                           "(or a newer gradio)") from err
+    kwargs.pop("format", None)
+    return ImageSlider(**kwargs)
+
+
+def _theme() -> gr.themes.Base:
+    # system fonts: the page makes no requests to font CDNs, so it loads fast offline and leaks nothing
+    system = [gr.themes.Font("system-ui"), gr.themes.Font("sans-serif")]
+    return gr.themes.Default(font=system, font_mono=[gr.themes.Font("ui-monospace"), gr.themes.Font("monospace")])
+
+
+def _style_kwargs(target: Callable[..., Any]) -> dict[str, Any]:
+    """gradio 6 takes theme/css in launch(), earlier versions in Blocks(); pass them where accepted."""
+    params = inspect.signature(target).parameters
+    return {"theme": _theme()} if "theme" in params else {}
+
+
+def build_demo(pipe: OSEDiffPipeline | Callable[[], OSEDiffPipeline] | None,
+               examples_dir: str | os.PathLike | None = None, max_upload_pixels: int = 1024 * 1024, *,
+               limits: UploadLimits | None = None, service: UpscaleService | None = None,
+               extractor_kwargs: dict[str, Any] | None = None, default_extractor: str = "text") -> gr.Blocks:
+    """The page around one pipeline, loaded here once if a factory is given. Call ``.queue()``/``.launch()`` on it.
+
+    ``limits`` (if given) overrides ``max_upload_pixels``; ``service`` replaces the whole request
+    path (tests use it to count calls).
+    """
+    if service is None:
+        if pipe is None:
+            raise ValueError("build_demo needs a pipeline, a pipeline factory or a service")
+        model = pipe if isinstance(pipe, OSEDiffPipeline) else pipe()
+        limits = limits or UploadLimits(max_pixels=max_upload_pixels)
+        service = UpscaleService(model, limits, extractor_kwargs=extractor_kwargs)
+    limits = service.limits
+    examples = ExampleLibrary.from_folder(examples_dir)
+    handlers = DemoHandlers(service, examples)
+    extractors = service.extractor_names
+    default_extractor = default_extractor if default_extractor in extractors else extractors[0]
+
+    with gr.Blocks(title="OSEDiff demo", analytics_enabled=False, delete_cache=(3600, 3600),
+                   **_style_kwargs(gr.Blocks.__init__)) as demo:
+        gr.Markdown(f"# {TITLE}\n{INTRO}")
+        with gr.Row():
+            with gr.Column(scale=2):
+                source = gr.Image(label="Low-quality input", type="filepath", image_mode=None, format="png",
+                                  sources=["upload", "clipboard"], elem_id="input-image")
+                if len(examples):
+                    example = gr.Dropdown(examples.names, value=None, label=f"…or an example ({len(examples)})",
+                                          elem_id="example", allow_custom_value=False)
+                    example.input(handlers.pick_example, inputs=example, outputs=source, api_name=False)
+                upscale = gr.Slider(1, limits.max_upscale, value=4, step=0.5, label="Upscale factor",
+                                    elem_id="upscale")
+                prompt = gr.Textbox(label="Prompt", placeholder="optional, e.g. 'a sharp photo of a building'",
+                                    elem_id="prompt")
+                extractor = gr.Dropdown(extractors, value=default_extractor, label="Prompt extractor",
+                                        info="text = the prompt above only; dape/ram tag the image",
+                                        elem_id="extractor")
+                align = gr.Radio(list(ALIGN_METHODS), value="adain", label="Colour alignment", elem_id="align")
+                tile = gr.Dropdown([("off", 0), *((f"{t} px", t) for t in TILE_CHOICES[1:])], value=768,
+                                   label="UNet tile size", info="smaller tiles use less memory", elem_id="tile")
+                run = gr.Button("Upscale", variant="primary", elem_id="run")
+                gr.Markdown(f"Limits: {limits.max_bytes // (1024 * 1024)} MB and {limits.max_pixels:,} pixels per "
+                            f"upload, {limits.max_output_pixels:,} output pixels.")
+            with gr.Column(scale=3):
+                slider = image_slider(label="Bicubic  ◀ ▶  OSEDiff", type="pil", format="png", interactive=False,
+                                      elem_id="slider")
+                download = gr.DownloadButton("Download full-resolution PNG", value=None, interactive=False,
+                                             elem_id="download")
+                used = gr.Textbox(label="Prompt used", interactive=False, elem_id="prompt-used")
+                took = gr.Textbox(label="Time taken", interactive=False, elem_id="time-taken")
+        run.click(handlers.upscale, inputs=[source, upscale, prompt, extractor, align, tile],
+                  outputs=[slider, download, used, took], api_name="upscale")
+    return demo
+
+
+class DemoHandlers:
+    """The event handlers, separate from the layout so tests can call them without a browser."""
+
+    def __init__(self, service: UpscaleService, examples: ExampleLibrary) -> None:
+        self.service = service
+        self.examples = examples
+
+    def pick_example(self, name: str | None) -> str | None:
+        """Copy the chosen example to the app's temp folder; gradio serves it from there."""
+        if not name:
+            return None
+        try:
+            path = self.examples.path(name)
+            open_limited(path, self.service.limits)  # same limits as an upload, before showing it
+        except DemoInputError as err:
+            raise gr.Error(str(err)) from None
+        staged = self.service.output_dir / "examples" / path.name
+        if not staged.exists():
+            staged.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, staged)
+        return str(staged)
+
+    def upscale(self, image_path: str | None, upscale: float, prompt: str, extractor: str, align: str,
+                tile_px: int) -> tuple[Any, Any, str, str]:
+        if not image_path:
+            raise gr.Error("Upload an image (or pick an example) first.")
+        try:
+            loaded = check_upload(image_path, upload_roots(), self.service.limits)
+            settings = DemoSettings(float(upscale), prompt or "", extractor, align, int(tile_px or 0))
+            result = self.service.upscale(loaded, settings, name=Path(image_path).name)
+        except DemoInputError as err:
+            raise gr.Error(str(err)) from None
+        except RuntimeError as err:  # e.g. out of memory: tell the user, keep the server up
+            raise gr.Error(f"upscaling failed: {str(err).splitlines()[0]}") from None
+        button = gr.DownloadButton(value=str(result.png_path), interactive=True)
+        return (result.bicubic, result.image), button, result.prompt, result.summary(self.service.device)
+
+
+def launch_demo(demo: gr.Blocks, *, host: str = "127.0.0.1", port: int | None = None, share: bool = False,
+                concurrency: int = 1, queue_size: int = 16, max_file_size: int | None = None,
+                block: bool = True) -> Any:
+    """Queue with bounded concurrency and serve; ``block=False`` returns once the server is up."""
+    demo.queue(default_concurrency_limit=max(1, concurrency), max_size=queue_size)
+    kwargs: dict[str, Any] = {"server_name": host, "server_port": port, "share": share, "show_error": True,
+                              "max_file_size": max_file_size, "prevent_thread_lock": not block, "quiet": False}
+    kwargs.update(_style_kwargs(demo.launch))
+    params = inspect.signature(demo.launch).parameters
+    return demo.launch(**{k: v for k, v in kwargs.items() if k in params})

@@ -1,0 +1,105 @@
+"""What the demo accepts from a browser: uploaded files only, within size and pixel limits.
+
+Every refusal is a :class:`DemoInputError` whose message is shown to the user as is, so each one
+says what was wrong and what the limit is.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..images import ImageLoadError, LoadedImage, load_image
+
+
+class DemoInputError(ValueError):
+    """A request the demo refuses; the message is meant for the person using the page."""
+
+
+@dataclass(frozen=True)
+class UploadLimits:
+    """Caps on one request. Inputs are checked before decoding, outputs before any model work."""
+
+    max_bytes: int = 20 * 1024 * 1024
+    max_pixels: int = 1024 * 1024
+    max_output_pixels: int = 4096 * 4096
+    max_upscale: float = 8.0
+
+
+def _mb(n: int) -> str:
+    return f"{n / (1024 * 1024):.1f} MB"
+
+
+def resolve_upload(path: str | os.PathLike, upload_roots: list[Path]) -> Path:
+    """``path`` as a real path inside one of ``upload_roots``, or a refusal.
+
+    Gradio hands handlers the server-side path of an uploaded file. Requiring that path to lie in
+    the upload cache (after resolving symlinks and ``..``) means a crafted request naming any other
+    file on the server is refused even if the web layer let it through.
+    """
+    try:
+        real = Path(os.path.realpath(os.fspath(path)))
+    except (TypeError, ValueError) as err:
+        raise DemoInputError(f"not an uploaded file ({err})") from None
+    for root in upload_roots:
+        root_real = Path(os.path.realpath(root))
+        if real.is_relative_to(root_real) and real != root_real:
+            return real
+    raise DemoInputError("only images uploaded through the page can be used; file-system paths are refused")
+
+
+def check_upload(path: str | os.PathLike, upload_roots: list[Path], limits: UploadLimits) -> LoadedImage:
+    """Open an uploaded image after checking where it is, its size in bytes and its pixel count."""
+    real = resolve_upload(path, upload_roots)
+    if not real.is_file():
+        raise DemoInputError("the uploaded file is gone; please upload it again")
+    size = real.stat().st_size
+    if size > limits.max_bytes:
+        raise DemoInputError(f"the upload is {_mb(size)}; this demo accepts files up to {_mb(limits.max_bytes)}")
+    return open_limited(real, limits)
+
+
+def open_limited(path: Path, limits: UploadLimits) -> LoadedImage:
+    """:func:`load_image` under the demo's pixel limit, with messages worded for a web page."""
+    _check_header(path, limits)
+    try:
+        return load_image(path, max_pixels=limits.max_pixels if limits.max_pixels > 0 else None)
+    except ImageLoadError as err:
+        # load_image names the server-side file; the user only needs the reason
+        reason = str(err).split(": ", 1)[-1]
+        raise DemoInputError(f"cannot use this image: {reason}") from None
+
+
+def _check_header(path: Path, limits: UploadLimits) -> None:
+    """Refuse too many pixels from the header alone, quoting the demo's limit rather than a CLI flag."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            width, height = img.size
+    except (UnidentifiedImageError, OSError, ValueError):
+        return  # load_image reports undecodable files precisely
+    if limits.max_pixels > 0 and width * height > limits.max_pixels:
+        side = _side(limits.max_pixels)
+        raise DemoInputError(
+            f"the image is {width}x{height} = {width * height:,} pixels; this demo accepts up to "
+            f"{limits.max_pixels:,} pixels (about {side}x{side}). Please downscale or crop it first."
+        )
+
+
+def _side(pixels: int) -> int:
+    return int(pixels**0.5)
+
+
+def check_request(width: int, height: int, upscale: float, limits: UploadLimits) -> tuple[int, int]:
+    """Validate the upscale factor and the output size; returns the output (width, height)."""
+    if not 1.0 <= upscale <= limits.max_upscale:
+        raise DemoInputError(f"the upscale factor must be between 1 and {limits.max_upscale:g}, got {upscale:g}")
+    out_w, out_h = max(1, round(width * upscale)), max(1, round(height * upscale))
+    if out_w * out_h > limits.max_output_pixels:
+        raise DemoInputError(
+            f"x{upscale:g} of a {width}x{height} image would be {out_w}x{out_h} = {out_w * out_h:,} pixels; "
+            f"this demo produces at most {limits.max_output_pixels:,}. Use a smaller factor or image."
+        )
+    return out_w, out_h
