@@ -118,7 +118,7 @@ def _resolve_weights(ram_path: str | os.PathLike | None, dape_path: str | os.Pat
                                                              local_files_only=local_files_only))
     if problems:
         raise ModelNotFoundError(f"{'DAPE' if use_dape else 'RAM'} prompt extraction needs files that could "
-                                 "not be found: " + " | ".join(problems) + f". {_WHERE}")
+                                 "not be found: " + " | ".join(p.rstrip(".") for p in problems) + f". {_WHERE}")
     return ram_file, dape_file, tag_files
 
 
