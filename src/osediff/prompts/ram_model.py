@@ -156,7 +156,7 @@ class TaggingLayer(nn.Module):
 
     def forward(self, queries: torch.Tensor, image_embeds: torch.Tensor) -> torch.Tensor:
         # RAM's image attention mask is all ones, i.e. no mask
-        attended, _ = self.crossattention(queries, encoder_hidden_states=image_embeds)
+        attended = self.crossattention(queries, encoder_hidden_states=image_embeds)[0]
         return self.output(self.intermediate(attended), attended)
 
 
@@ -224,10 +224,14 @@ def build_ram(cfg: RAMConfig, *, device: torch.device | str = "cpu") -> RAMTagge
         model = RAMTagger(cfg)
     if torch.device(device).type == "meta":
         return model
+    windowed = [m for m in model.visual_encoder.modules() if hasattr(m, "relative_position_index")
+                or hasattr(m, "attn_mask")]
+    if not all(hasattr(m, "init_non_persistent_buffers") for m in windowed):
+        # a timm without buffer re-initialisation: build for real rather than keep meta buffers
+        return RAMTagger(cfg).to(device)
     model.to_empty(device=device)
-    for module in model.modules():
-        if hasattr(module, "init_non_persistent_buffers"):
-            module.init_non_persistent_buffers()
+    for module in windowed:
+        module.init_non_persistent_buffers()
     return model
 
 
