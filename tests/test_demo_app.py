@@ -1,0 +1,154 @@
+"""The demo's request path without a browser: limits, refused paths, examples, the upscale service, the layout."""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from osediff.app import DemoInputError, ExampleLibrary, UploadLimits, UpscaleService
+from osediff.app.limits import check_request, check_upload, resolve_upload
+from osediff.app.service import DemoSettings, safe_stem, tile_config
+from osediff.images import LoadedImage
+from osediff.pipeline import OSEDiffPipeline
+
+
+@pytest.fixture
+def upload_root(tmp_path) -> Path:
+    root = tmp_path / "uploads"
+    (root / "abc123").mkdir(parents=True)
+    return root
+
+
+def save(path: Path, size: tuple[int, int]) -> Path:
+    Image.new("RGB", size, (40, 80, 120)).save(path)
+    return path
+
+
+def test_pixel_limit_message_names_size_and_limit(upload_root):
+    path = save(upload_root / "abc123" / "big.png", (1100, 1000))
+    with pytest.raises(DemoInputError) as err:
+        check_upload(path, [upload_root], UploadLimits(max_pixels=1024 * 1024))
+    message = str(err.value)
+    assert "1100x1000" in message and "1,048,576 pixels" in message and "downscale" in message
+    assert str(upload_root) not in message  # no server paths in what the user sees
+
+
+def test_byte_limit_message(upload_root):
+    path = save(upload_root / "abc123" / "photo.png", (64, 64))
+    with pytest.raises(DemoInputError, match=r"accepts files up to 0\.0 MB"):
+        check_upload(path, [upload_root], UploadLimits(max_bytes=10))
+
+
+def test_within_limits_loads(upload_root):
+    path = save(upload_root / "abc123" / "ok.png", (64, 48))
+    loaded = check_upload(path, [upload_root], UploadLimits())
+    assert loaded.rgb.size == (64, 48)
+
+
+def test_not_an_image_is_refused_without_server_path(upload_root):
+    path = upload_root / "abc123" / "fake.png"
+    path.write_text("hello")
+    with pytest.raises(DemoInputError, match="cannot use this image: not an image file") as err:
+        check_upload(path, [upload_root], UploadLimits())
+    assert str(upload_root) not in str(err.value)
+
+
+@pytest.mark.parametrize("make", [
+    lambda root, tmp: "/etc/passwd",
+    lambda root, tmp: str(root / "abc123" / ".." / ".." / "outside.png"),
+    lambda root, tmp: str(root),
+    lambda root, tmp: os.fspath(tmp / "outside.png"),
+])
+def test_paths_outside_the_upload_folder_are_refused(upload_root, tmp_path, make):
+    save(tmp_path / "outside.png", (8, 8))
+    with pytest.raises(DemoInputError, match="file-system paths are refused"):
+        resolve_upload(make(upload_root, tmp_path), [upload_root])
+
+
+def test_symlink_in_upload_folder_pointing_out_is_refused(upload_root, tmp_path):
+    target = save(tmp_path / "secret.png", (8, 8))
+    link = upload_root / "abc123" / "innocent.png"
+    link.symlink_to(target)
+    with pytest.raises(DemoInputError, match="file-system paths are refused"):
+        check_upload(link, [upload_root], UploadLimits())
+
+
+def test_request_limits():
+    assert check_request(100, 50, 4.0, UploadLimits()) == (400, 200)
+    with pytest.raises(DemoInputError, match="between 1 and 8"):
+        check_request(100, 50, 9.0, UploadLimits())
+    with pytest.raises(DemoInputError, match=r"would be 4000x4000 = 16,000,000 pixels.*at most 1,000,000"):
+        check_request(1000, 1000, 4.0, UploadLimits(max_output_pixels=1_000_000))
+
+
+def test_examples_are_looked_up_by_name_only(tmp_path):
+    for name in ("b.png", "a.jpg", "notes.txt"):
+        (tmp_path / name).write_bytes(b"x")
+    library = ExampleLibrary.from_folder(tmp_path)
+    assert library.names == ["a.jpg", "b.png"]
+    assert library.path("a.jpg") == (tmp_path / "a.jpg").resolve()
+    for bad in ("notes.txt", "../a.jpg", str(tmp_path / "a.jpg"), "/etc/passwd", None):
+        with pytest.raises(DemoInputError, match="unknown example"):
+            library.path(bad)
+    assert len(ExampleLibrary.from_folder(None)) == 0
+
+
+def test_tile_config_and_stem():
+    assert not tile_config(0).enabled
+    cfg = tile_config(768)
+    assert (cfg.latent_tile, cfg.latent_overlap) == (96, 32)
+    assert safe_stem("../../etc/my photo (1).JPG") == "my_photo_1"
+    assert safe_stem("") == "image"
+
+
+@pytest.fixture
+def service(fresh_components, tiny_weights, tmp_path):
+    pipe = OSEDiffPipeline(fresh_components)
+    pipe.load_weights(copy.deepcopy(tiny_weights))
+    return UpscaleService(pipe, UploadLimits(), output_dir=tmp_path / "out", keep_outputs=2)
+
+
+def test_service_upscales_writes_png_and_reports(service):
+    image = Image.new("RGB", (20, 12), (200, 100, 50))
+    result = service.upscale(LoadedImage(image, None), DemoSettings(upscale=4, prompt="a cat", tile_px=0),
+                             name="my cat.png")
+    assert result.image.size == result.bicubic.size == (80, 48)
+    assert result.prompt == "a cat"
+    assert result.png_path.name == "my_cat_osediff_x4.png"
+    with Image.open(result.png_path) as png:
+        assert png.size == (80, 48)
+    assert {"extract", "vae_encode", "unet", "vae_decode"} <= set(result.timings)
+    assert "s total" in result.summary("cpu") and "80x48" in result.summary("cpu")
+    for _ in range(3):  # only the newest keep_outputs results stay on disk
+        service.upscale(LoadedImage(image, None), DemoSettings(upscale=1, tile_px=0))
+    assert len([p for p in service.output_dir.iterdir() if p.is_dir()]) == 2
+
+
+def test_service_refuses_unknown_extractor_and_alignment(service):
+    image = LoadedImage(Image.new("RGB", (8, 8)), None)
+    with pytest.raises(DemoInputError, match="unknown prompt extractor"):
+        service.upscale(image, DemoSettings(extractor="nonsense"))
+    with pytest.raises(DemoInputError, match="unknown colour alignment"):
+        service.upscale(image, DemoSettings(align="sepia"))
+
+
+def test_layout_builds_without_launching_and_handler_refuses_paths(service, tmp_path):
+    gr = pytest.importorskip("gradio")
+    from osediff.app.demo import DemoHandlers, build_demo
+
+    save(tmp_path / "ex.png", (16, 16))
+    demo = build_demo(None, examples_dir=tmp_path, service=service)
+    assert isinstance(demo, gr.Blocks)
+    ids = {getattr(block, "elem_id", None) for block in demo.blocks.values()}
+    assert {"input-image", "example", "run", "slider", "download", "prompt-used", "time-taken"} <= ids
+    handlers = DemoHandlers(service, ExampleLibrary.from_folder(tmp_path))
+    with pytest.raises(gr.Error, match="file-system paths are refused"):
+        handlers.upscale(str(tmp_path / "ex.png"), 4, "", "text", "adain", 768)
+    with pytest.raises(gr.Error, match="unknown example"):
+        handlers.pick_example("../ex.png")
+    staged = handlers.pick_example("ex.png")
+    assert Path(staged).parent == service.output_dir / "examples"
