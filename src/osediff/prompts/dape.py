@@ -23,7 +23,8 @@ from .tags import TagVocabulary, load_tag_vocabulary, resolve_vocabulary_files
 
 DEFAULT_RAM = "hf://xinyu1205/recognize_anything_model/ram_swin_large_14m.pth"
 RAM_MIRRORS = ("https://huggingface.co/spaces/xinyu1205/recognize-anything/resolve/main/ram_swin_large_14m.pth",)
-# DAPE.pth is published in the authors' repository (preset/models); a hub copy is reported in AdcSR.
+# DAPE.pth: a hub copy is reported in AdcSR; the authors keep theirs in preset/models (the GitHub URL
+# below is that location, not verified to be downloadable).
 DEFAULT_DAPE = "hf://Guaishou74851/AdcSR/DAPE.pth"
 DAPE_MIRRORS = ("https://github.com/cswry/OSEDiff/raw/main/preset/models/DAPE.pth",)
 _WHERE = ("RAM: huggingface.co/xinyu1205/recognize_anything_model; DAPE.pth: the SeeSR/OSEDiff release "
