@@ -152,3 +152,13 @@ def test_layout_builds_without_launching_and_handler_refuses_paths(service, tmp_
         handlers.pick_example("../ex.png")
     staged = handlers.pick_example("ex.png")
     assert Path(staged).parent == service.output_dir / "examples"
+
+
+def test_cli_refuses_bad_arguments_before_loading_a_model(tmp_path, capsys):
+    pytest.importorskip("gradio")
+    from osediff.cli import main
+
+    assert main(["demo", "--prompt-extractor", "bogus", "--no-examples"]) == 2
+    assert "unknown prompt extractor 'bogus'" in capsys.readouterr().err
+    assert main(["demo", "--examples", str(tmp_path / "missing")]) == 2
+    assert "does not exist" in capsys.readouterr().err

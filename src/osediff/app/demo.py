@@ -80,7 +80,8 @@ def build_demo(pipe: OSEDiffPipeline | Callable[[], OSEDiffPipeline] | None,
     examples = ExampleLibrary.from_folder(examples_dir)
     handlers = DemoHandlers(service, examples)
     extractors = service.extractor_names
-    default_extractor = default_extractor if default_extractor in extractors else extractors[0]
+    if default_extractor not in extractors:
+        raise ValueError(f"unknown prompt extractor {default_extractor!r}; available: {', '.join(extractors)}")
 
     with gr.Blocks(title="OSEDiff demo", analytics_enabled=False, delete_cache=(3600, 3600),
                    **_style_kwargs(gr.Blocks.__init__)) as demo:

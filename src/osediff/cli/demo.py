@@ -51,10 +51,15 @@ def run(args: argparse.Namespace) -> int:
     from ..checkpoint import DEFAULT_WEIGHTS
     from ..device import pick_device, pick_dtype
     from ..pipeline import OSEDiffPipeline
+    from ..prompts import available_prompt_extractors
 
     examples = None if args.no_examples else (args.examples or default_examples_dir())
     if examples is not None and not Path(examples).is_dir():
         print(f"error: examples folder {examples} does not exist", file=sys.stderr)
+        return 2
+    if args.prompt_extractor not in available_prompt_extractors():
+        print(f"error: unknown prompt extractor {args.prompt_extractor!r}; choose one of "
+              f"{', '.join(available_prompt_extractors())}", file=sys.stderr)
         return 2
     limits = UploadLimits(max_bytes=int(args.max_upload_mb * 1024 * 1024), max_pixels=args.max_pixels,
                           max_output_pixels=args.max_output_pixels)
