@@ -18,7 +18,9 @@ from osediff.cli import main
 @pytest.fixture
 def cli(tiny_base_dir, tiny_pkl):
     def invoke(*args: str) -> int:
-        return main(["upscale", *args, "--base", str(tiny_base_dir), "--weights", str(tiny_pkl), "--device", "cpu"])
+        extractor = [] if "--prompt-extractor" in args else ["--prompt-extractor", "text"]
+        return main(["upscale", *args, *extractor, "--base", str(tiny_base_dir), "--weights", str(tiny_pkl),
+                     "--device", "cpu"])
 
     return invoke
 
@@ -29,7 +31,8 @@ def test_console_script_on_three_realsr_images(realsr_lr, tiny_base_dir, tiny_pk
     exe = shutil.which("osediff", path=os.path.dirname(sys.executable))
     proc = subprocess.run(
         [exe, "upscale", *(str(realsr_lr / n) for n in names), "-o", str(out), "--base", str(tiny_base_dir),
-         "--weights", str(tiny_pkl), "--device", "cpu", "--prompt", "a photo", "--save-prompts"],
+         "--weights", str(tiny_pkl), "--device", "cpu", "--prompt", "a photo", "--save-prompts",
+         "--prompt-extractor", "text"],
         capture_output=True, text=True, timeout=600,
     )
     assert proc.returncode == 0, proc.stderr
@@ -130,3 +133,19 @@ def test_missing_model_fails_in_one_line(tmp_path, capsys):
 def test_no_inputs_is_an_error(tmp_path, capsys):
     assert main(["upscale", str(tmp_path / "*.png"), "-o", str(tmp_path)]) == 2
     assert "no input images" in capsys.readouterr().err
+
+
+def test_missing_dape_weights_fail_clearly_unless_a_fallback_is_asked(cli, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("OSEDIFF_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    Image.new("RGB", (8, 8), (10, 200, 30)).save(tmp_path / "a.png")
+    assert cli(str(tmp_path / "a.png"), "-o", str(tmp_path / "o"), "--prompt-extractor", "dape", "--offline") == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: prompt extractor 'dape'") and "--prompt-fallback" in err
+    assert "ram_swin_large_14m.pth" in err and "DAPE.pth" in err
+    code = cli(str(tmp_path / "a.png"), "-o", str(tmp_path / "o"), "--prompt-extractor", "dape", "--offline",
+               "--prompt-fallback", "text", "--prompt", "grass", "--save-prompts")
+    assert code == 0
+    assert "warning: prompt extractor 'dape' unavailable" in capsys.readouterr().err
+    assert (tmp_path / "o" / "a.txt").read_text() == "grass\n"

@@ -129,6 +129,9 @@ class OSEDiffPipeline:
             self.unet = torch.compile(self.unet, dynamic=True)
         return self
 
+    def clear_prompt_cache(self) -> None:
+        self._prompt_cache.clear()
+
     def release_text_encoder(self) -> None:
         """Free the CLIP text encoder once every prompt needed is cached (fixed-prompt batches)."""
         self.text_encoder = None

@@ -23,13 +23,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", required=True, type=Path, help="output folder")
     p.add_argument("-s", "--upscale", type=float, default=4.0, help="upscale factor, any value >= 1 (default 4)")
     p.add_argument("--prompt", default="", help="text prompt (added after extracted tags)")
-    p.add_argument("--prompt-extractor", default="text",
-                   help="none | text | dape | ram | caption (default: text = --prompt only)")
+    p.add_argument("--prompt-extractor", default="dape",
+                   help="dape (the paper's degradation-aware RAM tags; default) | ram | caption | "
+                        "text (--prompt only) | none (empty prompt)")
     p.add_argument("--prompt-fallback", choices=("none", "text"), default=None,
                    help="extractor to use if the chosen one's weights are unavailable (default: fail)")
     p.add_argument("--dape", default=None, help="DAPE.pth path or hf:// / URL spec")
     p.add_argument("--ram", default=None, help="ram_swin_large_14m.pth path or hf:// / URL spec")
+    p.add_argument("--ram-tags", default=None, help="RAM tag list (folder or ram_tag_list.txt; default: cached)")
     p.add_argument("--captioner", default=None, help="hub id or folder of an image-to-text model (caption)")
+    p.add_argument("--prompt-batch-size", type=int, default=8, help="images per prompt-extractor batch")
     p.add_argument("--prompts-from", type=Path, default=None,
                    help="folder of <stem>.txt prompts saved by an earlier run (skips extraction)")
     p.add_argument("--save-prompts", action="store_true", help="write the prompt used as <stem>.txt")
@@ -171,18 +174,23 @@ def _build_pipeline(args: argparse.Namespace, rank: int, world: int):
 
 
 def _build_extractor(args: argparse.Namespace, device, dtype):
+    """The chosen image-to-prompt model; a missing model fails unless --prompt-fallback says otherwise."""
+    import torch
+
     from ..checkpoint import ModelNotFoundError
     from ..prompts import create_prompt_extractor
 
     name = args.prompt_extractor
+    dtype_name = {torch.float16: "fp16", torch.bfloat16: "bf16"}.get(dtype, "fp32")
+    common = {"device": str(device), "dtype": dtype_name, "batch_size": args.prompt_batch_size,
+              "local_files_only": args.offline}
     kwargs: dict = {}
-    if name in ("dape", "ram"):
-        kwargs = {"ram_path": args.ram, "dape_path": args.dape, "device": device, "dtype": dtype,
-                  "local_files_only": args.offline}
-        if name == "ram":
-            kwargs.pop("dape_path")
+    if name == "dape":
+        kwargs = {"ram_path": args.ram, "dape_path": args.dape, "tags_path": args.ram_tags, **common}
+    elif name == "ram":
+        kwargs = {"ram_path": args.ram, "tags_path": args.ram_tags, **common}
     elif name == "caption":
-        kwargs = {"model": args.captioner, "device": device, "dtype": dtype, "local_files_only": args.offline}
+        kwargs = {"model": args.captioner, **common}
     try:
         return create_prompt_extractor(name, **kwargs)
     except ModelNotFoundError as err:
