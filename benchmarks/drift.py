@@ -1,0 +1,62 @@
+"""How much half precision and tiling change the output, against fp32 untiled on the same image.
+
+    python benchmarks/drift.py --device cuda            # fp16, bf16 and tiled vs fp32, 256->1024
+    python benchmarks/drift.py --device cpu --size 128  # bf16 on CPUs with native support
+
+Differences are in 8-bit levels of the final image (0..255); the model is the full-size random
+SD-2.1-base of benchmarks/random_model.py unless --base/--weights name real ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from inference import lr_images  # noqa: E402
+from random_model import make_random_model  # noqa: E402
+
+from osediff.pipeline import OSEDiffPipeline, TileConfig  # noqa: E402
+
+UNTILED = TileConfig(enabled=False)
+SMALL_TILES = TileConfig(latent_tile=64, latent_overlap=16, vae_encoder_tile=512, vae_decoder_tile=48)
+
+
+def run(pipe: OSEDiffPipeline, image, tiles: TileConfig) -> torch.Tensor:
+    return pipe.run(image, 4, "a photo", tiles=tiles, output_type="pt").image * 255
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--base", default=None)
+    parser.add_argument("--weights", default=None)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--size", type=int, default=256, help="LR size (x4)")
+    parser.add_argument("--dtypes", default="fp16,bf16")
+    args = parser.parse_args()
+    if args.base is None:
+        base, weights = make_random_model(Path("/tmp/osediff-sd21-full"))
+        args.base, args.weights = str(base), str(weights)
+    image = lr_images(args.size, 1)[0]
+    pipe = OSEDiffPipeline.from_pretrained(args.base, args.weights, device=args.device, dtype="fp32").optimize()
+    reference = run(pipe, image, UNTILED)
+    rows = [("fp32 tiled (latent 64/16, enc 512 px, dec 48 lat)", run(pipe, image, SMALL_TILES))]
+    for name in args.dtypes.split(","):
+        dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}[name]
+        pipe.to(dtype=dtype)
+        rows.append((f"{name} untiled", run(pipe, image, UNTILED)))
+    print(f"# drift vs fp32 untiled, {args.size}->{args.size * 4}, device {pipe.device}\n")
+    print("| variant | max abs (levels) | mean abs (levels) | PSNR vs fp32 dB |")
+    print("|---|---|---|---|")
+    for name, out in rows:
+        diff = (out - reference).abs()
+        mse = (diff**2).mean().item()
+        psnr = float("inf") if mse == 0 else 10 * torch.log10(torch.tensor(255.0**2 / mse)).item()
+        print(f"| {name} | {diff.max().item():.2f} | {diff.mean().item():.3f} | {psnr:.1f} |")
+
+
+if __name__ == "__main__":
+    main()
