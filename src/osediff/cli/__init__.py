@@ -16,6 +16,7 @@ import warnings
 COMMANDS: dict[str, str] = {
     "upscale": "osediff.cli.upscale",
     "convert": "osediff.cli.convert",
+    "eval": "osediff.cli.eval",
     "train": "osediff.cli.train",
     "demo": "osediff.cli.demo",
     "compare": "osediff.cli.compare",
