@@ -84,6 +84,13 @@ def split_alpha(img: Image.Image) -> tuple[Image.Image, Image.Image | None]:
     return img, None
 
 
+def _umask_mode() -> int:
+    """The permission bits an ordinary ``open()`` would give (mkstemp's own are 0600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def save_image_atomic(img: Image.Image, path: str | os.PathLike, **save_kwargs) -> Path:
     """Write via a temporary file in the same folder and rename, so no half-written file remains."""
     path = Path(path)
@@ -92,6 +99,7 @@ def save_image_atomic(img: Image.Image, path: str | os.PathLike, **save_kwargs) 
     os.close(fd)
     try:
         img.save(tmp, format=Image.registered_extensions().get(path.suffix.lower()), **save_kwargs)
+        os.chmod(tmp, _umask_mode())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -105,6 +113,7 @@ def write_text_atomic(text: str, path: str | os.PathLike) -> Path:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     with os.fdopen(fd, "w", encoding="utf-8") as fh:
         fh.write(text)
+    os.chmod(tmp, _umask_mode())
     os.replace(tmp, path)
     return path
 
