@@ -95,8 +95,17 @@ class Generator(nn.Module):
 
     def encode_frozen(self, x: torch.Tensor) -> torch.Tensor:
         """Latent of an image through the base VAE encoder (no LoRA): image-space VSD's z."""
-        with lora_disabled(self.vae):
-            return self.vae.encode(x).latent_dist.mode() * self.scaling_factor
+        # a checkpointed pass would be recomputed in backward with the LoRA back on: store activations
+        flagged = {m: m.gradient_checkpointing for m in self.vae.encoder.modules()
+                   if hasattr(m, "gradient_checkpointing")}
+        for module in flagged:
+            module.gradient_checkpointing = False
+        try:
+            with lora_disabled(self.vae):
+                return self.vae.encode(x).latent_dist.mode() * self.scaling_factor
+        finally:
+            for module, flag in flagged.items():
+                module.gradient_checkpointing = flag
 
     def export(self) -> OSEDiffWeights:
         """The trained weights in the authors' osediff.pkl layout (peft names, fp32)."""

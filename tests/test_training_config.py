@@ -1,0 +1,159 @@
+"""Training config errors, the HQ data stream, the LPIPS offline error, and the ablation switches."""
+
+from __future__ import annotations
+
+import copy
+import urllib.error
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import REALSR, REPO_ROOT
+from osediff.cli import main
+from osediff.training.config import ConfigError, TrainConfig
+from osediff.training.data import HQDataset
+
+
+@pytest.mark.parametrize(("raw", "message"), [
+    ({"loss": {"lamda_l2": 1}}, "unknown key 'loss.lamda_l2' (did you mean 'lambda_l2'?)"),
+    ({"trian": {}}, "unknown key 'trian'"),
+    ({"loss": {"regularization": "vsd"}}, "loss.regularization: 'vsd' is not one of"),
+    ({"run": {"batch_size": "4"}}, "run.batch_size: expected an integer, got '4'"),
+    ({"run": {"mixed_precision": "fp8"}}, "run.mixed_precision: 'fp8' is not one of"),
+    ({"optim": {"lr": "fast"}}, "optim.lr: expected a number, got 'fast'"),
+    ({"optim": {"betas": [0.9]}}, "optim.betas: expected a list of 2 numbers"),
+    ({"model": {"train_vae": "yes"}}, "model.train_vae: 'yes' is not one of"),
+    ({"model": {"gradient_checkpointing": "no"}}, "model.gradient_checkpointing: expected true or false"),
+    ({"data": {"crop_size": 500}}, "data.crop_size: must be a positive multiple of 8 * data.scale = 32"),
+    ({"data": {"sources": [{"path": "x", "weight": 0}]}}, "data.sources: every weight must be > 0"),
+    ({"data": {"degradation": {"jpeg_rnage": [30, 95]}}}, "data.degradation:"),
+    ({"loss": {"t_min": 980, "t_max": 20}}, "loss.t_min/t_max"),
+    ({"model": {"rank_vae": 0}}, "model.rank_*"),
+])
+def test_bad_values_are_named(raw, message):
+    with pytest.raises(ConfigError) as err:
+        TrainConfig.from_dict(raw)
+    assert message in str(err.value)
+
+
+def test_yaml_defaults_and_relative_paths(tmp_path):
+    (tmp_path / "train.yaml").write_text("data:\n  sources: [images, {path: list.txt, weight: 3}]\n"
+                                         "optim:\n  lr: 1e-4\n")
+    config = TrainConfig.from_yaml(tmp_path / "train.yaml")
+    assert [s.path for s in config.data.sources] == [str(tmp_path / "images"), str(tmp_path / "list.txt")]
+    assert config.data.sources[1].weight == 3.0 and config.optim.lr == 1e-4  # YAML reads 1e-4 as a string
+    assert (config.loss.lambda_l2, config.loss.lambda_lpips, config.loss.lambda_reg) == (1.0, 2.0, 1.0)
+    assert (config.model.rank_unet, config.loss.cfg_scale, config.data.crop_size) == (4, 7.5, 512)
+
+    (tmp_path / "bad.yaml").write_text("- a list\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml: the top level must be a mapping"):
+        TrainConfig.from_yaml(tmp_path / "bad.yaml")
+
+
+def test_example_config_loads():
+    config = TrainConfig.from_yaml(REPO_ROOT / "configs" / "train_osediff.yaml")
+    assert config.loss.regularization == "vsd_latent" and config.run.mixed_precision == "fp16"
+
+
+def test_cli_reports_config_errors_in_one_line(tmp_path, capsys):
+    (tmp_path / "train.yaml").write_text("loss:\n  lambda_lpip: 2\n")
+    assert main(["train", "--config", str(tmp_path / "train.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert err.strip().count("\n") == 0 and "did you mean 'lambda_lpips'" in err
+    assert main(["train", "--config", str(tmp_path / "missing.yaml")]) == 2
+    assert "config file not found" in capsys.readouterr().err
+
+
+def _png(path: Path, size: int, value: int) -> Path:
+    Image.fromarray(np.full((size, size, 3), value, np.uint8)).save(path)
+    return path
+
+
+def test_data_stream_probabilities_determinism_and_bad_files(tmp_path):
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+    _png(tmp_path / "a" / "1.png", 40, 10)
+    _png(tmp_path / "b" / "1.png", 20, 200)  # smaller than the crop: enlarged, not an error
+    (tmp_path / "b" / "broken.png").write_bytes(b"not a png")
+    (tmp_path / "list.txt").write_text("b/1.png\n# a comment\n")
+    config = TrainConfig.from_dict({"data": {"sources": [{"path": "a", "weight": 3}, "list.txt"],
+                                             "crop_size": 32}}, base_dir=tmp_path)
+    data = HQDataset(config.data, seed=1)
+    items = [data[i] for i in range(400)]
+    assert all(item["hq"].shape == (3, 32, 32) for item in items)
+    share_a = np.mean([item["path"].endswith("a/1.png") for item in items])
+    assert 0.7 < share_a < 0.8  # weight 3 : 1
+    assert torch.equal(HQDataset(config.data, seed=1)[7]["hq"], items[7]["hq"])
+
+    # folder b holds a broken file: it is skipped with one warning, and every item is still an image
+    broken = TrainConfig.from_dict({"data": {"sources": [str(tmp_path / "b")], "crop_size": 32}})
+    data = HQDataset(broken.data, seed=1)
+    with pytest.warns(UserWarning, match=r"skipping unreadable training image .*broken\.png"):
+        items = [data[i] for i in range(20)]
+    assert {Path(item["path"]).name for item in items} == {"1.png"}
+
+
+def test_lpips_offline_fails_with_one_clear_line(monkeypatch):
+    from torchvision.models import VGG16_Weights
+
+    from osediff.losses import LPIPSWeightsError, build_lpips
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(type(VGG16_Weights.IMAGENET1K_V1), "get_state_dict", offline)
+    with pytest.raises(LPIPSWeightsError) as err:
+        build_lpips(pretrained=True)
+    assert "\n" not in str(err.value) and "VGG16" in str(err.value) and "URLError" in str(err.value)
+
+
+def test_random_lpips_has_the_vgg16_feature_architecture():
+    import torchvision
+
+    from osediff.losses import build_lpips
+
+    net = build_lpips(pretrained=False)
+    ours = [p.shape for n, p in net.net.named_parameters()]
+    reference = [p.shape for p in torchvision.models.vgg16().features[:30].parameters()]
+    assert ours == reference and not any(p.requires_grad for p in net.parameters())
+
+
+@pytest.mark.parametrize(("options", "vae_lora", "extra_term"), [
+    ({"loss": {"regularization": "vsd_image"}, "model": {"train_vae": "both", "gradient_checkpointing": True}},
+     {"encoder", "decoder"}, "vsd"),
+    ({"loss": {"regularization": "adversarial"}, "model": {"train_vae": "none", "train_conv_in": False}},
+     set(), "adv"),
+    ({"loss": {"regularization": "none"}, "model": {"train_vae": "decoder", "rank_vae": 2}}, {"decoder"}, None),
+])
+def test_ablation_switches_run_and_train_the_chosen_parts(options, vae_lora, extra_term, tiny_components, tmp_path):
+    from osediff.training.data import collate
+    from osediff.training.loop import Trainer
+
+    if not (REALSR / "hr").is_dir():
+        pytest.skip("RealSR HR images not found")
+    raw = {"data": {"sources": [str(REALSR / "hr")], "crop_size": 64, "num_workers": 0},
+           "prompts": {"source": "none"}, "loss": {"lpips_pretrained": False, **options["loss"]},
+           "model": {"gradient_checkpointing": False, **options["model"]},
+           "run": {"output_dir": str(tmp_path), "batch_size": 1, "gradient_accumulation": 1,
+                   "mixed_precision": "no", "device": "cpu"}}
+    config = TrainConfig.from_dict(raw)
+    trainer = Trainer(config, copy.deepcopy(tiny_components))
+    data = HQDataset(config.data, seed=0)
+    out = trainer.train_micro_step(collate([data[0]]))
+    assert all(torch.isfinite(v) for v in out.terms.values())
+    assert (extra_term in out.terms) if extra_term else set(out.terms) == {"l2", "lpips"}
+    vae_parts = {n.split(".")[0] for n, p in trainer.gen.vae.named_parameters() if p.requires_grad}
+    expected = set()
+    if "encoder" in vae_lora:
+        expected |= {"encoder", "quant_conv"}
+    if "decoder" in vae_lora:
+        expected |= {"decoder", "post_quant_conv"}
+    assert vae_parts == expected
+    conv_in_trains = trainer.gen.unet.conv_in.base_layer.weight.requires_grad
+    assert conv_in_trains == options["model"].get("train_conv_in", True)
+    weights = trainer.gen.export()
+    assert bool(weights.vae_targets) == ("encoder" in vae_lora)
+    assert ("vae_decoder_targets" in weights.extra) == ("decoder" in vae_lora)
