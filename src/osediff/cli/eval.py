@@ -136,5 +136,5 @@ def _upscale(args: argparse.Namespace) -> Path | int:
     print(f"upscaling {args.lr} into {sr_out}", file=sys.stderr)
     status = upscale.run(upscale_args)
     if status != 0:
-        return _fail(f"upscaling {args.lr} failed for some images (exit status {status}); see above", code=status)
+        return _fail(f"upscaling {args.lr} failed (exit status {status}); see the messages above", code=status)
     return sr_out
