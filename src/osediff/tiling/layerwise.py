@@ -95,6 +95,12 @@ class TiledRunner:
     def norm(self, x: torch.Tensor, module: nn.GroupNorm, stats: ChannelStats | None) -> torch.Tensor:
         return group_norm(x, module, stats if self.image_stats else None)
 
+    def norm_act(self, x: torch.Tensor, module: nn.GroupNorm, stats: ChannelStats | None,
+                 act: nn.Module) -> torch.Tensor:
+        """``act(norm(x))``; SiLU runs in place on the fresh normalised tile, saving a tile-sized copy."""
+        y = self.norm(x, module, stats)
+        return F.silu(y, inplace=True) if type(act) is nn.SiLU else act(y)
+
     def run(self, fn: Callable[..., torch.Tensor], inputs: Sequence[torch.Tensor], halo: int = 1,
             up: int = 1, down: int = 1, out: torch.Tensor | None = None,
             collect: bool = True) -> tuple[torch.Tensor, ChannelStats | None]:
