@@ -18,6 +18,16 @@ from osediff.training.loop import Trainer
 from osediff.training.model import Regulariser
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread():
+    """Tiny models: one thread is faster, and far faster when other jobs share the cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+
 def _randomise_lora(model: torch.nn.Module, seed: int) -> None:
     """Fresh peft LoRA has B = 0 (no effect); give every LoRA tensor a value so it matters."""
     gen = torch.Generator().manual_seed(seed)
@@ -71,7 +81,7 @@ def test_vsd_gradient_matches_its_formula(vsd_setup):
     assert grad.abs().max() > 1e-3  # the LoRA really makes the two predictions differ
     torch.testing.assert_close(result.grad, grad, rtol=1e-4, atol=1e-5)
     # surrogate mean((z - sg(z - grad))^2): value mean(grad^2), d/dz = 2 grad / numel
-    torch.testing.assert_close(z_var.grad, 2 * grad / z.numel(), rtol=1e-4, atol=1e-8)
+    torch.testing.assert_close(z_var.grad, 2 * grad / z.numel(), rtol=1e-4, atol=2e-5 / z.numel())
     assert math.isclose(result.loss.item(), grad.pow(2).mean().item(), rel_tol=1e-4)
 
 
@@ -196,3 +206,41 @@ def test_exported_weights_load_in_the_pipeline_and_change_its_output(trained, ti
         z_h = (z_l - (1 - gen.abar_T).sqrt() * eps) / gen.abar_T.sqrt()
         expected = (gen.decode(z_h)[0] + 1) / 2
     torch.testing.assert_close(outputs["pkl"], expected.clamp(0, 1), atol=2e-3, rtol=0)
+
+
+def test_ram_prompts_tag_the_hq_crops(trained, monkeypatch):
+    from osediff.prompts import base
+
+    _, trainer, _ = trained
+    seen = {}
+
+    def fake_ram(**kwargs):
+        seen["kwargs"] = kwargs
+        return lambda images, user_prompt="": [f"tags of {im.size[0]}px" for im in images]
+
+    monkeypatch.setitem(base._REGISTRY, "ram", fake_ram)
+    monkeypatch.setattr(trainer.config.prompts, "source", "ram")
+    monkeypatch.setattr(trainer, "prompt_extractor", None)
+    prompts = trainer.prompts_for(torch.rand(2, 3, 96, 96), ["ignored", "ignored"])
+    assert prompts == ["tags of 96px", "tags of 96px"]
+    assert seen["kwargs"]["bare"] is True  # the authors train on the tags alone
+
+
+def test_cli_export_only_and_bad_resume(trained, tiny_base_dir, tmp_path, capsys):
+    from osediff.checkpoint import OSEDiffWeights
+    from osediff.cli import main
+
+    out, trainer, _ = trained
+    config = tmp_path / "train.yaml"
+    config.write_text(f"data: {{sources: ['{REALSR / 'hr'}'], crop_size: 96}}\nprompts: {{source: none}}\n"
+                      f"model: {{base: '{tiny_base_dir}'}}\nloss: {{lpips_pretrained: false}}\n"
+                      f"run: {{output_dir: '{out}', mixed_precision: 'no', device: cpu}}\n")
+    assert main(["train", "--config", str(config), "--resume", str(tmp_path / "nowhere")]) == 1
+    assert "not a checkpoint folder" in capsys.readouterr().err
+    assert main(["train", "--config", str(config), "--export-only"]) == 2
+    assert main(["train", "--config", str(config), "--resume", "latest", "--export-only",
+                 "--output-dir", str(tmp_path / "again")]) == 1  # nothing to resume there
+    assert main(["train", "--config", str(config), "--resume", "latest", "--export-only"]) == 0
+    exported = OSEDiffWeights.load(out / "export" / "osediff.safetensors")
+    final = trainer.gen.export()  # the last checkpoint is step 3, the final state
+    assert all(torch.equal(exported.unet_state[k], v) for k, v in final.unet_state.items())

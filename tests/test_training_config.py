@@ -17,6 +17,16 @@ from osediff.training.config import ConfigError, TrainConfig
 from osediff.training.data import HQDataset
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread():
+    """Tiny models: one thread is faster, and far faster when other jobs share the cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+
 @pytest.mark.parametrize(("raw", "message"), [
     ({"loss": {"lamda_l2": 1}}, "unknown key 'loss.lamda_l2' (did you mean 'lambda_l2'?)"),
     ({"trian": {}}, "unknown key 'trian'"),

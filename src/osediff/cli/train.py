@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         trainer = Trainer(config)
-        resumed = trainer.resume(args.resume)
+        resumed = trainer.resume(args.resume, weights_only=args.export_only)
         if args.export_only:
             if resumed is None:
                 print("error: no checkpoint to export", file=sys.stderr)

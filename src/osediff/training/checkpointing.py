@@ -108,12 +108,15 @@ def save_checkpoint(accelerator, output_dir: str | os.PathLike, counters: dict[s
 
 
 def load_checkpoint(path: Path, accelerator, models: dict[str, nn.Module], optimizers: dict[str, Any],
-                    schedulers: dict[str, Any]) -> dict[str, int]:
-    """Restore everything ``save_checkpoint`` wrote; returns the counters (step, micro_step)."""
+                    schedulers: dict[str, Any], weights_only: bool = False) -> dict[str, int]:
+    """Restore everything ``save_checkpoint`` wrote; returns the counters (step, micro_step).
+
+    ``weights_only`` restores the trained tensors alone (for export, on any number of processes).
+    """
     from safetensors.torch import load_file
 
     state = json.loads((path / "state.json").read_text())
-    if state.get("processes", 1) != accelerator.num_processes:
+    if not weights_only and state.get("processes", 1) != accelerator.num_processes:
         raise ResumeError(f"{path}: written by {state.get('processes')} processes, resuming with "
                           f"{accelerator.num_processes}; the data stream and RNG states would not continue exactly")
     tensors = load_file(str(path / "trainable.safetensors"))
@@ -127,6 +130,9 @@ def load_checkpoint(path: Path, accelerator, models: dict[str, nn.Module], optim
         with torch.no_grad():
             for name, param in params.items():
                 param.copy_(saved[name])
+    counters = {k: int(v) for k, v in state.items() if k != "processes"}
+    if weights_only:
+        return counters
     states = torch.load(path / "optim.pt", map_location="cpu", weights_only=True)
     for key, optimizer in optimizers.items():
         optimizer.load_state_dict(states[f"optimizer/{key}"])
@@ -136,4 +142,4 @@ def load_checkpoint(path: Path, accelerator, models: dict[str, nn.Module], optim
         accelerator.scaler.load_state_dict(states["scaler"])
     # our own file: python/numpy RNG states are tuples with arrays, which weights_only refuses
     set_rng_state(torch.load(path / f"rng-{accelerator.process_index}.pt", weights_only=False))
-    return {k: int(v) for k, v in state.items() if k != "processes"}
+    return counters

@@ -119,10 +119,11 @@ class Trainer:
             optimizers["critic"], schedulers["critic"] = self.opt_c, self.sched_c
         return models, optimizers, schedulers
 
-    def resume(self, spec: str | None) -> Path | None:
+    def resume(self, spec: str | None, weights_only: bool = False) -> Path | None:
+        """Load ``latest`` or a checkpoint path; ``weights_only`` skips optimiser and RNG state (export)."""
         path = resolve_resume(spec, self.config.run.output_dir)
         if path is not None:
-            self.counters = load_checkpoint(path, self.accelerator, *self._parts())
+            self.counters = load_checkpoint(path, self.accelerator, *self._parts(), weights_only=weights_only)
         elif spec == "latest":
             self.accelerator.print("--resume latest: no checkpoint yet, starting from step 0")
         return path
@@ -155,13 +156,14 @@ class Trainer:
         if self.prompt_extractor is None:
             from ..prompts import create_prompt_extractor
 
-            self.prompt_extractor = create_prompt_extractor("ram", **self.config.prompts.ram_options)
+            # bare: the tags alone, the authors' training prompt (no user-prompt tail)
+            options = {"device": str(self.accelerator.device), "bare": True, **self.config.prompts.ram_options}
+            self.prompt_extractor = create_prompt_extractor("ram", **options)
         from PIL import Image
 
         images = [Image.fromarray((x.permute(1, 2, 0).float().cpu().numpy() * 255 + 0.5).astype(np.uint8))
                   for x in hq.clamp(0, 1)]
-        # the authors condition on the HQ image's tags alone; drop the empty user-prompt tail
-        return [p.rstrip(", ") for p in self.prompt_extractor(images, "")]
+        return list(self.prompt_extractor(images, ""))
 
     def degrade(self, hq: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """(N, 3, S, S) in [0, 1] -> LQ in [0, 1]: S / scale, or S with the authors' random resize back."""
@@ -228,7 +230,9 @@ class Trainer:
             if not acc.sync_gradients:
                 continue
             self.counters["step"] += 1
-            step, logs, sums = self.counters["step"], sums, {}
+            # every process saw its own micro-batches: log the mean over processes
+            means = acc.reduce(torch.tensor(list(sums.values()), device=acc.device), reduction="mean")
+            step, logs, sums = self.counters["step"], dict(zip(sums, means.tolist(), strict=True)), {}
             logs.update({"lr/generator": self.sched_g.get_last_lr()[0]})
             if self.sched_c is not None:
                 logs["lr/critic"] = self.sched_c.get_last_lr()[0]
