@@ -167,3 +167,52 @@ def test_ablation_switches_run_and_train_the_chosen_parts(options, vae_lora, ext
     weights = trainer.gen.export()
     assert bool(weights.vae_targets) == ("encoder" in vae_lora)
     assert ("vae_decoder_targets" in weights.extra) == ("decoder" in vae_lora)
+
+
+def test_captions_from_sidecars_or_a_cache(tmp_path):
+    import json
+
+    from osediff.training.config import PromptConfig
+    from osediff.training.data import CaptionLookup
+
+    image = _png(tmp_path / "cat.png", 8, 0)
+    (tmp_path / "cat.txt").write_text("a cat on a mat\n")
+    assert CaptionLookup(PromptConfig(source="captions"))(str(image)) == "a cat on a mat"
+    assert CaptionLookup(PromptConfig(source="captions"))(str(tmp_path / "dog.png")) == ""
+    (tmp_path / "cache.json").write_text(json.dumps({"cat.png": "cached cat"}))
+    cached = CaptionLookup(PromptConfig(source="captions", cache=str(tmp_path / "cache.json")))
+    assert cached(str(image)) == "cached cat"
+
+
+class _OneProcess:
+    """The part of ``accelerate.Accelerator`` that checkpointing uses, for a single process."""
+
+    is_main_process, process_index, num_processes, scaler = True, 0, 1, None
+
+    def wait_for_everyone(self) -> None:
+        pass
+
+
+def test_checkpoints_are_pruned_and_incomplete_ones_ignored(tmp_path):
+    from osediff.training.checkpointing import ResumeError, load_checkpoint, resolve_resume, save_checkpoint
+
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.AdamW(model.parameters())
+    for step in (1, 2, 3):
+        with torch.no_grad():
+            model.weight.fill_(step)
+        save_checkpoint(_OneProcess(), tmp_path, {"step": step, "micro_step": 2 * step}, {"m": model},
+                        {"m": optimizer}, {}, config={}, keep=2)
+    root = tmp_path / "checkpoints"
+    assert sorted(p.name for p in root.iterdir()) == ["checkpoint-0000002", "checkpoint-0000003"]
+    (root / ".tmp-checkpoint-0000009").mkdir()  # a crash while writing
+    (root / "checkpoint-0000010").mkdir()  # no state.json: not complete
+    latest = resolve_resume("latest", tmp_path)
+    assert latest == root / "checkpoint-0000003"
+    with torch.no_grad():
+        model.weight.zero_()
+    assert load_checkpoint(latest, _OneProcess(), {"m": model}, {"m": optimizer}, {}) == {"step": 3, "micro_step": 6}
+    assert torch.all(model.weight == 3)
+    with pytest.raises(ResumeError, match="not a checkpoint folder"):
+        resolve_resume(str(root / "checkpoint-0000010"), tmp_path)
+    assert resolve_resume("latest", tmp_path / "elsewhere") is None
