@@ -114,7 +114,7 @@ class Generator(nn.Module):
         vae_state = {k: v.detach().float().cpu().clone() for k, v in self.vae.state_dict().items() if "lora_" in k}
         extra = {}
         if self.vae_decoder_targets:
-            # not part of the authors' format: loaders that only know encoder LoRA will refuse these tensors
+            # not in the authors' format: merging loaders apply these tensors, peft-adapter loaders refuse them
             extra["vae_decoder_targets"] = ",".join(self.vae_decoder_targets)
         return OSEDiffWeights(self.rank_unet, self.rank_vae, self.unet_targets, self.vae_targets,
                               unet_state, vae_state, extra=extra)
