@@ -14,7 +14,10 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from ..degradation import DegradationConfig
 
 # The negative prompt of the authors' published training command.
 DEFAULT_NEGATIVE_PROMPT = (
@@ -178,7 +181,7 @@ class TrainConfig:
                 raise ConfigError(f"{key}: {message}")
         self.degradation_config()
 
-    def degradation_config(self):
+    def degradation_config(self) -> DegradationConfig:
         """The ``osediff.degradation.DegradationConfig`` of ``data.degradation`` (scale from data.scale)."""
         from ..degradation import DegradationConfig
 

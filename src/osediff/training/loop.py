@@ -9,9 +9,9 @@ checkpoint replays the same steps.
 from __future__ import annotations
 
 import copy
-import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -23,7 +23,9 @@ from .model import Generator, Regulariser, cast_frozen
 from .outputs import export_generator, save_strip
 from .step import GeneratorStep, critic_loss, generator_losses, model_inputs
 
-log = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    from ..components import BaseComponents
+
 VALIDATION_STREAM = 1000  # generator streams 0/1 are a training step's degradation / model draws
 _DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -45,7 +47,7 @@ def step_generator(seed: int, micro_step: int, rank: int, stream: int, device: t
 class Trainer:
     """Holds the models, optimisers and data of one run; ``fit`` trains, ``export`` writes weights."""
 
-    def __init__(self, config: TrainConfig, components=None) -> None:
+    def __init__(self, config: TrainConfig, components: BaseComponents | None = None) -> None:
         from accelerate import Accelerator, DistributedDataParallelKwargs
         from accelerate.utils import ProjectConfiguration, set_seed
 
@@ -294,8 +296,8 @@ def _flat(tree: dict, prefix: str = "") -> dict[str, int | float | str | bool]:
     return flat
 
 
-def train(config: TrainConfig, resume: str | None = None, max_steps: int | None = None, components=None,
-          progress: bool = True) -> TrainResult:
+def train(config: TrainConfig, resume: str | None = None, max_steps: int | None = None,
+          components: BaseComponents | None = None, progress: bool = True) -> TrainResult:
     """Build a :class:`Trainer`, resume if asked, train to ``max_steps`` and export the generator."""
     trainer = Trainer(config, components)
     trainer.resume(resume)

@@ -146,10 +146,4 @@ def cast_frozen(model: nn.Module, dtype: torch.dtype) -> None:
     """
     for param in model.parameters():
         param.data = param.data.to(torch.float32 if param.requires_grad else dtype)
-    for buffer_name, buffer in model.named_buffers():
-        if buffer.is_floating_point() and "abar" not in buffer_name:
-            buffer.data = buffer.data.to(dtype)
 
-
-def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {name: p.detach() for name, p in model.named_parameters() if p.requires_grad}
