@@ -149,3 +149,19 @@ def test_missing_dape_weights_fail_clearly_unless_a_fallback_is_asked(cli, tmp_p
     assert code == 0
     assert "warning: prompt extractor 'dape' unavailable" in capsys.readouterr().err
     assert (tmp_path / "o" / "a.txt").read_text() == "grass\n"
+
+
+def test_processes_share_the_inputs_without_gaps_or_overlap(cli, tmp_path, monkeypatch):
+    """What ``accelerate launch -m osediff upscale`` does: each rank takes every WORLD_SIZE-th input."""
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    for i in range(5):
+        Image.new("RGB", (8, 8), (50 * i, 20, 90)).save(src / f"im{i}.png")
+    written = []
+    for rank in range(2):
+        monkeypatch.setenv("RANK", str(rank))
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        before = set(out.iterdir()) if out.exists() else set()
+        assert cli(str(src), "-o", str(out), "-s", "2") == 0
+        written.append(sorted(p.name for p in set(out.iterdir()) - before))
+    assert written == [["im0.png", "im2.png", "im4.png"], ["im1.png", "im3.png"]]
