@@ -244,3 +244,27 @@ def test_cli_export_only_and_bad_resume(trained, tiny_base_dir, tmp_path, capsys
     exported = OSEDiffWeights.load(out / "export" / "osediff.safetensors")
     final = trainer.gen.export()  # the last checkpoint is step 3, the final state
     assert all(torch.equal(exported.unet_state[k], v) for k, v in final.unet_state.items())
+
+
+@pytest.mark.slow
+def test_two_process_ddp_run_through_torchrun(tiny_base_dir, tmp_path):
+    """The multi-GPU code path (DDP, per-process data and RNG, checkpoint from every process) on gloo/CPU."""
+    import os
+    import subprocess
+    import sys
+
+    config = tmp_path / "train.yaml"
+    config.write_text(f"data: {{sources: ['{REALSR / 'hr'}'], crop_size: 64, num_workers: 0}}\n"
+                      f"prompts: {{source: none}}\nmodel: {{base: '{tiny_base_dir}', gradient_checkpointing: true}}\n"
+                      "loss: {lpips_pretrained: false}\n"
+                      f"run: {{output_dir: '{tmp_path / 'run'}', batch_size: 1, gradient_accumulation: 2, "
+                      "max_steps: 1, mixed_precision: 'no', checkpoint_every: 1, validate_every: 0, device: cpu}\n")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "osediff",
+                           "train", "--config", str(config)], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    checkpoint = tmp_path / "run" / "checkpoints" / "checkpoint-0000001"
+    assert (checkpoint / "rng-0.pt").is_file() and (checkpoint / "rng-1.pt").is_file()
+    assert '"processes": 2' in (checkpoint / "state.json").read_text()
+    assert '"micro_step": 2' in (checkpoint / "state.json").read_text()
+    assert (tmp_path / "run" / "export" / "osediff.safetensors").is_file()
