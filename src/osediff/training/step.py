@@ -69,7 +69,9 @@ def critic_loss(step: GeneratorStep, x_hq: torch.Tensor, prompt_embeds: torch.Te
                 rng: torch.Generator, critic: nn.Module) -> torch.Tensor:
     """The critic's own loss, weighted by lambda_reg_lora: eps-MSE (VSD) or logistic (adversarial)."""
     if cfg.regularization == "adversarial":
-        loss = discriminator_loss(critic(x_hq), critic(step.x_h.detach()))
+        # one forward for real and fake: DDP expects one forward per backward
+        logits_real, logits_fake = critic(torch.cat([x_hq, step.x_h.detach().float()])).chunk(2)
+        loss = discriminator_loss(logits_real, logits_fake)
     else:
         loss = diffusion_loss(critic, step.z_critic, prompt_embeds, scheduler, rng)
     return loss * cfg.lambda_reg_lora
