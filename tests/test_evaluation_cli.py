@@ -309,3 +309,32 @@ def test_lr_needs_somewhere_to_put_results_and_reports_upscale_failures(tmp_path
                               str(tmp_path / "sr"), "--base", str(tiny_base_dir), "--weights",
                               str(tmp_path / "missing.pkl"), "--offline")
     assert status != 0 and err.strip().splitlines()[-1].startswith("error:")
+
+
+def test_folder_level_metric_goes_in_the_table_not_the_csv(tmp_path, gt, capsys, monkeypatch):
+    """FID's weights can't be fetched here, so a stand-in exercises the folder-vs-folder path."""
+    real_load = runner.load_metric
+    seen: list[tuple[Path, Path]] = []
+
+    def load(spec, device, **kwargs):
+        if spec.name != "fid":
+            return real_load(spec, device, **kwargs)
+        return metrics_module.LoadedMetric(spec, lambda sr, ref: seen.append((sr, ref)) or 12.5, "stand-in")
+
+    monkeypatch.setattr(runner, "load_metric", load)
+    sr = noisy_copy(gt, tmp_path / "sr", sigma=5, seed=1)
+    out = tmp_path / "report"
+    status, stdout, _ = run_eval(capsys, "--sr", str(sr), "--gt", str(gt), "--metrics", "psnr,fid", "--out", str(out))
+    assert status == 0 and seen == [(sr, gt)]
+    assert stdout.splitlines()[0].split() == ["Method", "PSNR↑", "FID↓"] and stdout.splitlines()[2].endswith("12.5000")
+    assert (out / "per_image.csv").read_text().splitlines()[0] == "method,image,psnr"
+    assert json.loads((out / "summary.json").read_text())["methods"]["sr"]["mean"]["fid"] == 12.5
+
+
+def test_same_folder_names_get_their_parent_s_name(tmp_path, gt, capsys):
+    first = noisy_copy(gt, tmp_path / "a" / "results", sigma=5, seed=1)
+    second = noisy_copy(gt, tmp_path / "b" / "results", sigma=5, seed=2)
+    status, stdout, _ = run_eval(capsys, "--sr", str(first), str(second), "--gt", str(gt), "--metrics", "psnr")
+    assert status == 0 and [ln.split()[0] for ln in stdout.splitlines()[2:]] == ["a/results", "b/results"]
+    status, _, err = run_eval(capsys, "--sr", str(first), str(second), "--gt", str(gt), "--names", "x")
+    assert status == 2 and "--names gives 1 names for 2 --sr folders" in err

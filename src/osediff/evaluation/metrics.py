@@ -97,11 +97,10 @@ def load_metric(spec: MetricSpec, device: torch.device, *, offline: bool = False
         # same numbers as pyiqa's SSIM, ten times faster on CPU (see ssim.py)
         from .ssim import ssim_y
 
-        return LoadedMetric(spec, lambda sr, gt: float(ssim_y(sr, gt).item()), "pyiqa conventions, separable")
+        return LoadedMetric(spec, lambda sr, gt: float(ssim_y(sr, gt).item()),
+                            "osediff.evaluation.ssim (pyiqa's SSIM, separable filter)")
     try:
         metric = _create_quietly(spec, device, options, offline)
-    except MetricUnavailable:
-        raise
     except Exception as err:  # pyiqa and the libraries under it raise anything; the report says what
         raise MetricUnavailable(_reason(spec, err, offline)) from err
     if spec.per_folder:
