@@ -111,7 +111,7 @@ def _config(out, **run) -> TrainConfig:
         "prompts": {"source": "none"},
         "model": {"gradient_checkpointing": False},
         "loss": {"lpips_pretrained": False},
-        "run": {"output_dir": str(out), "batch_size": 1, "gradient_accumulation": 1, "max_steps": 3,
+        "run": {"output_dir": str(out), "batch_size": 1, "gradient_accumulation": 2, "max_steps": 3,
                 "mixed_precision": "no", "checkpoint_every": 2, "validate_every": 2, "log_every": 1,
                 "device": "cpu", **run},
     })
@@ -169,7 +169,7 @@ def test_resume_reproduces_the_uninterrupted_run(trained, tiny_components, tmp_p
     config = _config(out)
     trainer = Trainer(config, copy.deepcopy(tiny_components))
     path = trainer.resume(str(out / "checkpoints" / "checkpoint-0000002"))
-    assert path is not None and trainer.counters == {"step": 2, "micro_step": 2}
+    assert path is not None and trainer.counters == {"step": 2, "micro_step": 4}
     config.run.output_dir = str(tmp_path)  # don't overwrite the first run's files
     resumed = trainer.fit(progress=False)
     assert len(resumed.history) == 1
