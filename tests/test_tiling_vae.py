@@ -100,7 +100,9 @@ def test_tiled_encode_equals_untiled_and_global_stats_matter(model, request):
     x = image(2, 64, 104)  # N=2, non-square, not a multiple of the tile: 2 x 4 tiles of <= 32 px
     with torch.no_grad():
         ref = plain_encode(vae, x)
+    before = x.clone()
     tiled = tiled_encode(vae, x, tile_size=32)
+    assert torch.equal(x, before)  # in-place work stays inside private tile copies
     naive = tiled_encode(vae, x, tile_size=32, group_norm_stats="tile")
     err, naive_err = max_diff(tiled, ref), max_diff(naive, ref)
     print(f"\n{model} encode: tiled vs untiled {err:.2e}, per-tile GroupNorm stats {naive_err:.2e}, "
@@ -116,7 +118,9 @@ def test_tiled_decode_equals_untiled_and_global_stats_matter(model, request):
     z = latent(2, 12, 20)
     with torch.no_grad():
         ref = plain_decode(vae, z)
+    before = z.clone()
     tiled = tiled_decode(vae, z, tile_size=7)  # 2 x 3 tiles
+    assert torch.equal(z, before)
     naive = tiled_decode(vae, z, tile_size=7, group_norm_stats="tile")
     err, naive_err = max_diff(tiled, ref), max_diff(naive, ref)
     print(f"\n{model} decode: tiled vs untiled {err:.2e}, per-tile GroupNorm stats {naive_err:.2e}, "

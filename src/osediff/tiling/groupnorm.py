@@ -57,20 +57,24 @@ class ChannelStats:
         return mean_g, torch.rsqrt(var_g + eps)
 
 
-def group_norm(x: torch.Tensor, norm: nn.GroupNorm, stats: ChannelStats | None) -> torch.Tensor:
+def group_norm(x: torch.Tensor, norm: nn.GroupNorm, stats: ChannelStats | None,
+               inplace: bool = False) -> torch.Tensor:
     """``norm`` applied to a tile ``x`` (N, C, h, w) with image-wide ``stats``.
 
     ``stats=None`` calls the module itself, i.e. the naive per-tile statistics; kept only to
     measure how much the image-wide statistics matter. Like torch's GroupNorm for half types, the
-    arithmetic is fp32 and the result is cast back to ``x``'s dtype.
+    arithmetic is fp32 and the result is cast back to ``x``'s dtype. ``inplace`` lets an fp32
+    ``x`` that nothing else reads be overwritten instead of copied.
     """
     if stats is None:
         return norm(x)
     mean, rstd = stats.group_moments(norm.num_groups, norm.eps)
     batch, channels = x.shape[:2]
     groups = norm.num_groups
-    # a fresh fp32 copy so that the in-place arithmetic below never touches the stored map
-    y = x.to(torch.float32, memory_format=torch.contiguous_format, copy=True)
+    if inplace and x.dtype == torch.float32 and x.is_contiguous():
+        y = x
+    else:  # a fresh fp32 copy, so that the in-place arithmetic below never touches a stored map
+        y = x.to(torch.float32, memory_format=torch.contiguous_format, copy=True)
     y = y.view(batch, groups, channels // groups, *x.shape[2:])
     y.sub_(mean.to(y.device)[:, :, None, None, None]).mul_(rstd.to(y.device)[:, :, None, None, None])
     y = y.view_as(x)

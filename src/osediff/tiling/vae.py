@@ -97,8 +97,21 @@ def _resnet(run: TiledRunner, block: nn.Module, x: torch.Tensor,
         shortcut = block.conv_shortcut(r) if block.conv_shortcut is not None else r
         return (shortcut + out) / block.output_scale_factor
 
-    # without a shortcut conv, x enters the second pass pointwise, so its memory can take the output
-    return run.run(second, [x, h], out=x if block.conv_shortcut is None else None)
+    # x enters the second pass only pointwise, so its memory can take the output
+    out = x if block.conv_shortcut is None else _leading_channels(x, getattr(block, "out_channels", None))
+    return run.run(second, [x, h], out=out)
+
+
+def _leading_channels(x: torch.Tensor, channels: int | None) -> torch.Tensor | None:
+    """A ``channels``-channel map aliasing the first channels of ``x`` (N=1, contiguous), if it fits.
+
+    Writing a tile's output core there overwrites only that tile's own x core (after it was read),
+    so a channel-reducing resnet (256 -> 128 at full resolution in the decoder) needs no third
+    full-size map; the memory is reused until the next resolution change.
+    """
+    if channels is None or channels > x.shape[1] or x.shape[0] != 1 or not x.is_contiguous():
+        return None
+    return x[:, :channels]
 
 
 def _mid_block(run: TiledRunner, block: nn.Module, x: torch.Tensor, stats: ChannelStats | None,
