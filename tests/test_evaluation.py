@@ -131,8 +131,7 @@ def test_niqe_matches_the_log_on_every_20th_realsr_image(realsr, published, tmp_
     ours = read_csv(out / "per_image.csv")
     diffs = np.array([abs(ours[n]["niqe"] - per_image[n]["NIQE"]) for n in names])
     assert diffs.max() < 0.025, dict(zip(names, diffs.round(4), strict=True))
-    assert np.median(diffs) < 0.002
-    assert abs(np.mean([ours[n]["niqe"] for n in names]) - np.mean([per_image[n]["NIQE"] for n in names])) < 0.003
+    assert np.median(diffs) < 0.002  # the average over all 100 is checked by the slow test below
 
 
 @pytest.mark.slow

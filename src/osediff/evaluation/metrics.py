@@ -131,7 +131,8 @@ def _create_quietly(spec: MetricSpec, device: torch.device, options: dict, offli
 
 def _reason(spec: MetricSpec, err: BaseException, offline: bool) -> str:
     detail = str(err).strip().splitlines()[0] if str(err).strip() else ""
-    detail = f"{type(err).__name__}: {detail}"[:160]
+    detail = f"{type(err).__name__}: {detail}"
+    detail = detail if len(detail) <= 160 else detail[:159] + "…"
     if is_network_error(err):
         from .niqe_params import pyiqa_cached_file
 
