@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from osediff.cli import main
-from osediff.evaluation.niqe_params import HOW_TO, find_niqe_params
+from osediff.evaluation.niqe_params import find_niqe_params, how_to
 
 REALSR = Path("../shared/benchmarks/realsr")  # relative to the repository root, as the issue asks
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -112,7 +112,7 @@ def test_ssim_is_pyiqa_s_ssim(realsr):
 def niqe_params_or_skip() -> str:
     path, _ = find_niqe_params()
     if path is None:
-        pytest.skip(f"NIQE pristine parameters not available offline: {HOW_TO}")
+        pytest.skip(f"NIQE pristine parameters not available offline: {how_to()}")
     return str(path)
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from .network import downloads_disabled, is_network_error
-from .niqe_params import HOW_TO, NiqeParamsError, find_niqe_params
+from .niqe_params import NiqeParamsError, find_niqe_params, how_to
 
 
 @dataclass(frozen=True)
@@ -136,7 +136,7 @@ def _reason(spec: MetricSpec, err: BaseException, offline: bool) -> str:
     if is_network_error(err):
         from .niqe_params import pyiqa_cached_file
 
-        hint = f"; or {HOW_TO}" if spec.name == "niqe" else ""
+        hint = f"; or {how_to()}" if spec.name == "niqe" else ""
         why = "downloads are off" if offline else "download failed"
         return (f"{spec.label}: weights not cached here and {why} ({detail}); pyiqa keeps them in "
                 f"{pyiqa_cached_file().parent}{hint}")

@@ -30,8 +30,12 @@ ENV_VAR = "OSEDIFF_NIQE_PARAMS"
 PYIQA_FILE = "niqe_modelparameters.mat"
 SDIST_MEMBER = "basicsr/metrics/niqe_pris_params.npz"
 FEATURES = 36  # NIQE's feature vector: 18 per scale, 2 scales
-HOW_TO = (f"pip download --no-deps basicsr==1.4.2 -d DIR, then pass --niqe-params "
-          f"DIR/basicsr-1.4.2.tar.gz (or set ${ENV_VAR})")
+
+
+def how_to() -> str:
+    """The one-line fix shown when NIQE has no parameters."""
+    return (f"pip download --no-deps basicsr==1.4.2 -d {cache_dir()} (found there automatically), "
+            f"or pass the .tar.gz with --niqe-params / ${ENV_VAR}")
 
 
 class NiqeParamsError(ValueError):
