@@ -16,10 +16,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from inference import lr_images  # noqa: E402
-from random_model import make_random_model  # noqa: E402
-
-from osediff.pipeline import OSEDiffPipeline, TileConfig  # noqa: E402
+from inference import lr_images
+from osediff.pipeline import OSEDiffPipeline, TileConfig
+from random_model import make_random_model
 
 UNTILED = TileConfig(enabled=False)
 SMALL_TILES = TileConfig(latent_tile=64, latent_overlap=16, vae_encoder_tile=512, vae_decoder_tile=48)
@@ -44,6 +43,8 @@ def main() -> None:
     pipe = OSEDiffPipeline.from_pretrained(args.base, args.weights, device=args.device, dtype="fp32").optimize()
     reference = run(pipe, image, UNTILED)
     rows = [("fp32 tiled (latent 64/16, enc 512 px, dec 48 lat)", run(pipe, image, SMALL_TILES))]
+    pipe.optimize(channels_last=False, decoder_dtype=torch.bfloat16)
+    rows.append(("fp32, bf16 decoder only", run(pipe, image, UNTILED)))
     for name in args.dtypes.split(","):
         dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}[name]
         pipe.to(dtype=dtype)

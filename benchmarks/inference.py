@@ -8,6 +8,7 @@ architecture: real weights with --base/--weights, else random ones written once 
 benchmarks/random_model.py (identical cost). Rows:
 
   (a) ours     merged LoRA, channels_last, prompt embedding cached, default dtype for the device
+               (fp32 on CPU, with the decoder in bf16 where the CPU has native bf16)
   (b) authors  unmerged peft adapters, sampled latent, text encoder run per image, fp32 on CPU
                (their code's only CPU option) and the same half precision as (a) on GPU
   (c) 50-step  the cost class of StableSR/SeeSR/DiffBIR samplers on the same backbone: VAE encode +
@@ -64,14 +65,16 @@ def measure(cfg: dict) -> dict:
     """One configuration in this process; returns median seconds per stage and peak memory."""
     import torch
 
+    from osediff.device import pick_decoder_dtype
     from osediff.pipeline import OSEDiffPipeline, TileConfig
 
     authors = cfg["method"] == "authors"
     pipe = OSEDiffPipeline.from_pretrained(cfg["base"], cfg["weights"], device=cfg["device"], dtype=cfg["dtype"],
                                            merge_lora=not authors)
-    if not authors:
-        pipe.optimize(channels_last=True, compile_unet=cfg.get("compile", False))
     device = pipe.device
+    decoder_dtype = pick_decoder_dtype("auto", device, pipe.dtype)
+    if not authors:
+        pipe.optimize(channels_last=True, compile_unet=cfg.get("compile", False), decoder_dtype=decoder_dtype)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     tiles = TileConfig(latent_tile=cfg.get("latent_tile", 96))
@@ -90,6 +93,8 @@ def measure(cfg: dict) -> dict:
     out["peak_gib"] = peak_memory_gib(device)
     out["device_name"] = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     out["dtype"] = str(pipe.dtype).removeprefix("torch.")
+    if not authors and decoder_dtype != pipe.dtype:
+        out["dtype"] += f" ({str(decoder_dtype).removeprefix('torch.')} decoder)"
     return out
 
 
@@ -115,10 +120,11 @@ def cfg_unet_step(pipe, latent: int, repeats: int) -> float:
 
 def folder_throughput(cfg: dict) -> dict:
     """Images per second over a folder through the CLI's path (loading excluded)."""
+    from osediff.device import pick_decoder_dtype
     from osediff.pipeline import OSEDiffPipeline
 
     pipe = OSEDiffPipeline.from_pretrained(cfg["base"], cfg["weights"], device=cfg["device"], dtype=cfg["dtype"])
-    pipe.optimize()
+    pipe.optimize(decoder_dtype=pick_decoder_dtype("auto", pipe.device, pipe.dtype))
     images = lr_images(cfg["size"], cfg["count"])
     pipe.run(images[0], 4, "a photo")
     start = time.perf_counter()

@@ -24,6 +24,16 @@ def pick_device(name: str | None = None) -> torch.device:
     return torch.device("cpu")
 
 
+def cpu_has_native_bf16() -> bool:
+    """True on x86 CPUs with AVX-512 BF16 or AMX (bf16 matmuls in hardware), read from /proc/cpuinfo."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            flags = next((line.split(":", 1)[1].split() for line in fh if line.startswith("flags")), [])
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 def pick_dtype(name: str | torch.dtype | None, device: torch.device) -> torch.dtype:
     """``name`` if given; else fp16 on CUDA and MPS, fp32 on CPU.
 
@@ -39,3 +49,13 @@ def pick_dtype(name: str | torch.dtype | None, device: torch.device) -> torch.dt
     if device.type in ("cuda", "mps"):
         return torch.float16
     return torch.float32
+
+
+def pick_decoder_dtype(name: str | None, device: torch.device, dtype: torch.dtype) -> torch.dtype:
+    """``auto``: bf16 for the VAE decoder on CPUs with native bf16 (about 3x faster, ~1 level of
+    drift in 8-bit output), else the pipeline's dtype."""
+    if name and name != "auto":
+        return pick_dtype(name, device)
+    if device.type == "cpu" and dtype == torch.float32 and cpu_has_native_bf16():
+        return torch.bfloat16
+    return dtype

@@ -53,6 +53,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     model.add_argument("--no-merge", action="store_true", help="keep LoRA unmerged (peft layers)")
     model.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
     model.add_argument("--dtype", default="auto", help="auto | fp32 | fp16 | bf16")
+    model.add_argument("--decoder-dtype", default="auto",
+                       help="VAE decoder dtype (auto: bf16 on CPUs with native bf16, else --dtype)")
     model.add_argument("--offline", action="store_true", help="use only local files and caches")
     out = p.add_argument_group("output")
     out.add_argument("--format", choices=(*OUTPUT_FORMATS, "same"), default="png", help="output format")
@@ -147,7 +149,7 @@ def _build_pipeline(args: argparse.Namespace, rank: int, world: int):
     import torch
 
     from ..checkpoint import DEFAULT_WEIGHTS
-    from ..device import pick_device, pick_dtype
+    from ..device import pick_decoder_dtype, pick_device, pick_dtype
     from ..pipeline import OSEDiffPipeline, TileConfig
 
     device = pick_device(args.device)
@@ -158,7 +160,7 @@ def _build_pipeline(args: argparse.Namespace, rank: int, world: int):
         args.base, args.weights or DEFAULT_WEIGHTS, device=device, dtype=dtype, merge_lora=not args.no_merge,
         local_files_only=args.offline,
     )
-    pipe.optimize(channels_last=True)
+    pipe.optimize(channels_last=True, decoder_dtype=pick_decoder_dtype(args.decoder_dtype, device, dtype))
     user_prompt = "" if args.prompt_extractor == "none" else args.prompt
     if args.prompt_extractor in ("none", "text"):
         if args.prompts_from is None:
