@@ -38,7 +38,8 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
 
 def _quiet_libraries() -> None:
     """Library chatter (load bars, dtype notes) would drown the one-line messages users need."""
-    logging.getLogger("peft").setLevel(logging.ERROR)
+    for name in ("peft", "bitsandbytes"):
+        logging.getLogger(name).setLevel(logging.ERROR)
     for name in ("diffusers", "transformers"):
         try:
             module = importlib.import_module(f"{name}.utils.logging")
