@@ -171,3 +171,28 @@ def test_check_inputs_rejects_bad_arguments(fresh_components):
         pipe.run(lq_image(8, 8), 0.5)
     with pytest.raises(ValueError, match="colour alignment"):
         pipe.run(lq_image(8, 8), 2, align="histogram")
+
+
+def test_preview_decoder_replaces_the_sd_decoder(fresh_components, tiny_weights):
+    from diffusers import AutoencoderTiny
+
+    pipe = OSEDiffPipeline(fresh_components)
+    pipe.load_weights(tiny_weights)
+    torch.manual_seed(0)
+    taesd = AutoencoderTiny(encoder_block_out_channels=(8, 8, 8, 8), decoder_block_out_channels=(8, 8, 8, 8),
+                            num_encoder_blocks=(1, 1, 1, 1), num_decoder_blocks=(1, 1, 1, 1))
+    sd_decoder_calls = []
+    fresh_components.vae.decoder.register_forward_hook(lambda *_: sd_decoder_calls.append(1))
+    pipe.use_preview_decoder(taesd)
+    image = lq_image(20, 12)
+    out = pipe.run(image, 4, "", align="none", output_type="pt").image
+    assert out.shape == (3, 48, 80) and not sd_decoder_calls
+    x = torch.tensor(np.asarray(image.resize((80, 48), Image.BICUBIC)), dtype=torch.float32)
+    z_l = pipe.encode_latent(x.permute(2, 0, 1)[None] / 255 * 2 - 1, TileConfig())
+    z_h = pipe.denoise(z_l, pipe.predict_noise(z_l, pipe.encode_prompt(""), TileConfig()))
+    with torch.no_grad():
+        expected = (taesd.decode(z_h).sample.clamp(-1, 1)[0] + 1) / 2
+    assert torch.allclose(out, expected, atol=1e-5)
+    pipe.use_preview_decoder(None)
+    pipe.run(image, 4, "")
+    assert sd_decoder_calls

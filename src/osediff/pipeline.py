@@ -72,6 +72,7 @@ class OSEDiffPipeline:
         self.tokenizer = components.tokenizer
         self.scheduler = components.scheduler
         self.prompt_extractor = prompt_extractor
+        self.preview_decoder: torch.nn.Module | None = None
         self.alpha_bar = float(self.scheduler.alphas_cumprod[TIMESTEP])
         self._prompt_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
         self._prompt_cache_size = prompt_cache_size
@@ -136,6 +137,11 @@ class OSEDiffPipeline:
             self.vae.post_quant_conv.to(decoder_dtype)
             self.vae.decoder.to(decoder_dtype)
         return self
+
+    def use_preview_decoder(self, decoder: torch.nn.Module | None) -> None:
+        """Decode with a fast approximate decoder (diffusers' AutoencoderTiny, i.e. TAESD) for
+        previews, or ``None`` for the SD decoder. TAESD reads the scaled latent z_H directly."""
+        self.preview_decoder = decoder.to(self.device, self.dtype).eval() if decoder is not None else None
 
     def clear_prompt_cache(self) -> None:
         self._prompt_cache.clear()
@@ -203,6 +209,10 @@ class OSEDiffPipeline:
 
     def decode_latent(self, z: torch.Tensor, tiles: TileConfig) -> torch.Tensor:
         """x = D(z / sf).clamp(-1, 1)."""
+        if self.preview_decoder is not None:
+            if tiles.enabled and max(z.shape[-2:]) > tiles.vae_decoder_tile:
+                self.preview_decoder.enable_tiling()
+            return self.preview_decoder.decode(z.to(self.dtype)).sample.float().clamp(-1, 1)
         z = (z / self.vae.config.scaling_factor).to(self.vae.decoder.conv_out.weight.dtype)
         if tiles.enabled and max(z.shape[-2:]) > tiles.vae_decoder_tile:
             from .tiling.vae import tiled_decode

@@ -55,6 +55,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     model.add_argument("--dtype", default="auto", help="auto | fp32 | fp16 | bf16")
     model.add_argument("--decoder-dtype", default="auto",
                        help="VAE decoder dtype (auto: bf16 on CPUs with native bf16, else --dtype)")
+    model.add_argument("--preview-decoder", default=None,
+                       help="fast approximate decoder for previews: a TAESD hub id (madebyollin/taesd) or folder")
+    model.add_argument("--compile", action="store_true", help="torch.compile the UNet (pays off on big batches)")
     model.add_argument("--offline", action="store_true", help="use only local files and caches")
     out = p.add_argument_group("output")
     out.add_argument("--format", choices=(*OUTPUT_FORMATS, "same"), default="png", help="output format")
@@ -160,7 +163,13 @@ def _build_pipeline(args: argparse.Namespace, rank: int, world: int):
         args.base, args.weights or DEFAULT_WEIGHTS, device=device, dtype=dtype, merge_lora=not args.no_merge,
         local_files_only=args.offline,
     )
-    pipe.optimize(channels_last=True, decoder_dtype=pick_decoder_dtype(args.decoder_dtype, device, dtype))
+    pipe.optimize(channels_last=True, compile_unet=args.compile,
+                  decoder_dtype=pick_decoder_dtype(args.decoder_dtype, device, dtype))
+    if args.preview_decoder:
+        from diffusers import AutoencoderTiny
+
+        pipe.use_preview_decoder(AutoencoderTiny.from_pretrained(args.preview_decoder,
+                                                                 local_files_only=args.offline))
     user_prompt = "" if args.prompt_extractor == "none" else args.prompt
     if args.prompt_extractor in ("none", "text"):
         if args.prompts_from is None:
