@@ -16,10 +16,11 @@ own modules (so LoRA-merged weights and unmerged peft adapters work unchanged), 
 The result matches ``vae.quant_conv(vae.encoder(x))`` / ``vae.decoder(vae.post_quant_conv(z))``
 to float rounding. Maps between layers live on ``offload_device`` (default: the VAE's device);
 with ``offload_device="cpu"`` on a GPU, GPU memory is bounded by one tile's activations plus
-the keys and values of global attention. Measured on an H200 in fp16 (benchmarks/tiled_vae.py):
-a 2048x2048 decode peaks at 9.8 GiB untiled and 0.6 GiB tiled (tile 64, offload to CPU), but
-takes 16 s instead of 0.6 s, as every layer's maps cross PCIe through pageable memory; with the
-maps kept on the GPU (the default) the peak is about a third of untiled at ~1.4x the time.
+the keys and values of global attention. Measured on an H200 in fp16 (benchmarks/tiled_vae.py,
+before the memory-reuse tweaks): a 2048x2048 decode peaked at 9.8 GiB untiled and 0.6 GiB tiled
+(tile 64, offload to CPU), but took 16 s instead of 0.6 s, as every layer's maps cross PCIe
+through pageable memory; with the maps kept on the GPU (the default) the peak was 33-40 % of
+untiled at 1.4-2.7x the time.
 """
 
 from __future__ import annotations
