@@ -48,3 +48,12 @@ def realsr_lr() -> Path:
     if not folder.is_dir():
         pytest.skip(f"RealSR benchmark data not found at {folder}")
     return folder
+
+
+@pytest.fixture(scope="module")
+def single_thread():
+    """Tiny models: one thread is faster, and far faster when other jobs share the cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

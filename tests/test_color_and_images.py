@@ -66,7 +66,7 @@ def test_load_image_errors_name_the_file(tmp_path):
     with pytest.raises(ImageLoadError, match=r"missing\.png: no such file"):
         load_image(tmp_path / "missing.png")
     (tmp_path / "zero.jpg").write_bytes(b"")
-    with pytest.raises(ImageLoadError, match="zero.jpg: file is empty"):
+    with pytest.raises(ImageLoadError, match=r"zero\.jpg: file is empty"):
         load_image(tmp_path / "zero.jpg")
 
 

@@ -17,14 +17,7 @@ from osediff.training.config import TrainConfig
 from osediff.training.loop import Trainer
 from osediff.training.model import Regulariser
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny models: one thread is faster, and far faster when other jobs share the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 

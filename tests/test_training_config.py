@@ -16,14 +16,7 @@ from osediff.cli import main
 from osediff.training.config import ConfigError, TrainConfig
 from osediff.training.data import HQDataset
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny models: one thread is faster, and far faster when other jobs share the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 

@@ -11,6 +11,8 @@ import os
 import sys
 from pathlib import Path
 
+from .options import add_model_options
+
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("demo", help="serve the web demo (needs the 'demo' extra: gradio)",
@@ -28,12 +30,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="largest result in pixels (default 4096*4096)")
     p.add_argument("--max-upload-mb", type=float, default=20.0, help="largest upload in MB (default 20)")
     p.add_argument("--prompt-extractor", default="text", help="extractor selected on the page at first")
-    model = p.add_argument_group("model")
-    model.add_argument("--base", default=None, help="SD-2.1-base folder or hub id (default: known mirrors)")
-    model.add_argument("--weights", default=None, help="osediff.pkl / .safetensors path or hf:// / URL spec")
-    model.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
-    model.add_argument("--dtype", default="auto", help="auto | fp32 | fp16 | bf16")
-    model.add_argument("--offline", action="store_true", help="use only local files and caches")
+    add_model_options(p)
     p.set_defaults(run=run)
 
 

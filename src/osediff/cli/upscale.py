@@ -13,6 +13,8 @@ import sys
 import time
 from pathlib import Path
 
+from .options import add_model_options
+
 OUTPUT_FORMATS = {"png": ".png", "jpg": ".jpg", "webp": ".webp", "tiff": ".tiff"}
 
 
@@ -47,18 +49,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     tiles.add_argument("--vae-encoder-tile", type=int, default=1024, help="VAE encoder tile in pixels")
     tiles.add_argument("--vae-decoder-tile", type=int, default=224, help="VAE decoder tile in latent pixels")
     tiles.add_argument("--tile-batch", type=int, default=4, help="UNet tiles per forward pass")
-    model = p.add_argument_group("model")
-    model.add_argument("--base", default=None, help="SD-2.1-base folder or hub id (default: known mirrors)")
-    model.add_argument("--weights", default=None, help="osediff.pkl / .safetensors path or hf:// / URL spec")
+    model = add_model_options(p)
     model.add_argument("--no-merge", action="store_true", help="keep LoRA unmerged (peft layers)")
-    model.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
-    model.add_argument("--dtype", default="auto", help="auto | fp32 | fp16 | bf16")
     model.add_argument("--decoder-dtype", default="auto",
                        help="VAE decoder dtype (auto: bf16 on CPUs with native bf16, else --dtype)")
     model.add_argument("--preview-decoder", default=None,
                        help="fast approximate decoder for previews: a TAESD hub id (madebyollin/taesd) or folder")
     model.add_argument("--compile", action="store_true", help="torch.compile the UNet (pays off on big batches)")
-    model.add_argument("--offline", action="store_true", help="use only local files and caches")
     out = p.add_argument_group("output")
     out.add_argument("--format", choices=(*OUTPUT_FORMATS, "same"), default="png", help="output format")
     out.add_argument("--quality", type=int, default=95, help="JPEG/WebP quality")
