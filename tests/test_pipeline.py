@@ -196,3 +196,26 @@ def test_preview_decoder_replaces_the_sd_decoder(fresh_components, tiny_weights)
     pipe.use_preview_decoder(None)
     pipe.run(image, 4, "")
     assert sd_decoder_calls
+
+
+def test_tiled_vae_through_the_pipeline_matches_untiled(fresh_components, tiny_weights):
+    pipe = OSEDiffPipeline(fresh_components)
+    pipe.load_weights(tiny_weights)
+    image = lq_image(24, 16, seed=5)  # 96x64 px, latent 12x8
+    untiled = pipe.run(image, 4, "", tiles=TileConfig(enabled=False), output_type="pt").image
+    vae_tiles = TileConfig(vae_encoder_tile=32, vae_decoder_tile=4)  # UNet untiled (latent < 96)
+    tiled = pipe.run(image, 4, "", tiles=vae_tiles, output_type="pt").image
+    diff = (tiled - untiled).abs().max().item()
+    print(f"max |tiled VAE - untiled| = {diff:.2e}")
+    assert diff < 1e-4
+
+
+def test_bf16_decoder_leaves_the_encoder_in_fp32(fresh_components):
+    pipe = OSEDiffPipeline(fresh_components).optimize(channels_last=False, decoder_dtype=torch.bfloat16)
+    seen = []
+    fresh_components.vae.encoder.conv_in.register_forward_hook(lambda _m, args, _o: seen.append(args[0].dtype))
+    fresh_components.vae.decoder.conv_in.register_forward_hook(lambda _m, args, _o: seen.append(args[0].dtype))
+    out = pipe.run(lq_image(24, 16), 4, "", tiles=TileConfig(vae_encoder_tile=32, vae_decoder_tile=4),
+                   output_type="pt").image
+    assert out.dtype == torch.float32 and out.shape == (3, 64, 96)
+    assert seen[0] == torch.float32 and seen[-1] == torch.bfloat16

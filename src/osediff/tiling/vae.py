@@ -125,9 +125,10 @@ def _mid_block(run: TiledRunner, block: nn.Module, x: torch.Tensor, stats: Chann
     return x, stats
 
 
-def _setup(vae: nn.Module, offload_device: torch.device | str | None) -> tuple[torch.device, torch.dtype,
-                                                                                torch.device]:
-    norm = vae.decoder.conv_norm_out  # a plain module whatever adapters wrap the convolutions
+def _setup(coder: nn.Module, offload_device: torch.device | str | None) -> tuple[torch.device, torch.dtype,
+                                                                                  torch.device]:
+    """Device and dtype of the encoder or decoder (they may differ, e.g. a bf16 decoder on CPU)."""
+    norm = coder.conv_norm_out  # a plain module whatever adapters wrap the convolutions
     device, dtype = norm.weight.device, norm.weight.dtype
     return device, dtype, torch.device(offload_device) if offload_device is not None else device
 
@@ -155,7 +156,7 @@ def tiled_encode(vae: nn.Module, x: torch.Tensor, tile_size: int = 1024, overlap
     VAE whose structure is not SD-like, takes the plain untiled path.
     """
     _check(x, tile_size, attention)
-    device, dtype, store = _setup(vae, offload_device)
+    device, dtype, store = _setup(vae.encoder, offload_device)
     height, width = x.shape[-2:]
     reason = _unsupported(vae)
     if reason is not None:
@@ -210,7 +211,7 @@ def tiled_decode(vae: nn.Module, z: torch.Tensor, tile_size: int = 224, overlap:
     ``tile_size // 4``) only matters for ``attention="tile"``; see :func:`tiled_encode`.
     """
     _check(z, tile_size, attention)
-    device, dtype, store = _setup(vae, offload_device)
+    device, dtype, store = _setup(vae.decoder, offload_device)
     height, width = z.shape[-2:]
     reason = _unsupported(vae)
     if reason is not None:
