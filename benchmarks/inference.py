@@ -7,7 +7,7 @@ Every configuration runs in its own process (so peak RSS is its own) on a full-s
 architecture: real weights with --base/--weights, else random ones written once by
 benchmarks/random_model.py (identical cost). Rows:
 
-  (a) ours     merged LoRA, channels_last, prompt embedding cached, default dtype for the device
+  (a) ours     merged LoRA, channels_last VAE, prompt embedding cached, default dtype for the device
                (fp32 on CPU, with the decoder in bf16 where the CPU has native bf16)
   (b) authors  unmerged peft adapters, sampled latent, text encoder run per image, fp32 on CPU
                (their code's only CPU option) and the same half precision as (a) on GPU

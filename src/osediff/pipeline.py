@@ -123,14 +123,15 @@ class OSEDiffPipeline:
 
     def optimize(self, channels_last: bool = True, compile_unet: bool = False,
                  decoder_dtype: torch.dtype | None = None) -> OSEDiffPipeline:
-        """Speed-ups: NHWC convolutions, optionally a compiled UNet and a cheaper decoder dtype.
+        """Speed-ups: NHWC VAE convolutions, optionally a compiled UNet and a cheaper decoder dtype.
 
+        channels_last is applied to the VAE only: its full-resolution convolutions gain ~15 % on
+        CPU, while the UNet gained nothing and the conversion copy raised peak memory by 2.3 GB.
         Only the decoder may run in lower precision than the rest: errors in z_L and eps are
         amplified by 1/sqrt(abar_999) ~ 14.6 in z_H, errors in the decoder are not.
         """
         if channels_last:
-            for model in (self.vae, self.unet):
-                model.to(memory_format=torch.channels_last)
+            self.vae.to(memory_format=torch.channels_last)
         if compile_unet:
             self.unet = torch.compile(self.unet, dynamic=True)
         if decoder_dtype is not None:
