@@ -26,6 +26,7 @@ untiled at 1.4-2.7x the time.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from typing import Literal
 
 import torch
@@ -171,13 +172,20 @@ def tiled_encode(vae: nn.Module, x: torch.Tensor, tile_size: int = 1024, overlap
     grid = Grid.cover(height, width, tile_size, align=factor)
     margin = max(1, (tile_size // 4 if overlap is None else overlap) // factor)
     quant = vae.quant_conv if vae.quant_conv is not None else nn.Identity()
-    image_stats = group_norm_stats == "image"
+    return _per_sample(x, lambda run, sample: _encode_one(run, encoder, quant, sample, attention, margin),
+                       lambda: TiledRunner(grid, device, dtype, store, image_stats=group_norm_stats == "image"),
+                       device, dtype)
+
+
+def _per_sample(batch: torch.Tensor, one: Callable[[TiledRunner, torch.Tensor], torch.Tensor],
+                new_runner: Callable[[], TiledRunner], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """``one`` on each sample with a fresh runner: samples are independent, and one at a time bounds
+    the stored maps (and keeps GroupNorm statistics per image)."""
     result = None
-    for i in range(x.shape[0]):  # samples are independent; one at a time bounds the stored maps
-        run = TiledRunner(grid, device, dtype, store, image_stats=image_stats)
-        h = _encode_one(run, encoder, quant, x[i:i + 1], attention, margin)
+    for i in range(batch.shape[0]):
+        h = one(new_runner(), batch[i:i + 1])
         if result is None:
-            result = torch.empty((x.shape[0], *h.shape[1:]), dtype=dtype, device=device)
+            result = torch.empty((batch.shape[0], *h.shape[1:]), dtype=dtype, device=device)
         result[i:i + 1] = h
         del h
     assert result is not None
@@ -222,17 +230,9 @@ def tiled_decode(vae: nn.Module, z: torch.Tensor, tile_size: int = 224, overlap:
     grid = Grid.cover(height, width, tile_size)
     margin = max(1, tile_size // 4 if overlap is None else overlap)
     post_quant = vae.post_quant_conv if vae.post_quant_conv is not None else nn.Identity()
-    image_stats = group_norm_stats == "image"
-    result = None
-    for i in range(z.shape[0]):
-        run = TiledRunner(grid, device, dtype, store, image_stats=image_stats)
-        h = _decode_one(run, decoder, post_quant, z[i:i + 1], attention, margin)
-        if result is None:
-            result = torch.empty((z.shape[0], *h.shape[1:]), dtype=dtype, device=device)
-        result[i:i + 1] = h
-        del h
-    assert result is not None
-    return result
+    return _per_sample(z, lambda run, sample: _decode_one(run, decoder, post_quant, sample, attention, margin),
+                       lambda: TiledRunner(grid, device, dtype, store, image_stats=group_norm_stats == "image"),
+                       device, dtype)
 
 
 def _decode_one(run: TiledRunner, decoder: nn.Module, post_quant: nn.Module, z: torch.Tensor, attention: str,
