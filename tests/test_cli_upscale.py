@@ -165,3 +165,33 @@ def test_processes_share_the_inputs_without_gaps_or_overlap(cli, tmp_path, monke
         assert cli(str(src), "-o", str(out), "-s", "2") == 0
         written.append(sorted(p.name for p in set(out.iterdir()) - before))
     assert written == [["im0.png", "im2.png", "im4.png"], ["im1.png", "im3.png"]]
+
+
+def test_prompt_extractor_runs_batched_once_per_image(cli, tmp_path, monkeypatch):
+    from osediff.prompts import base
+
+    batches = []
+
+    def factory(**_):
+        def extract(images, user_prompt=""):
+            batches.append([img.size for img in images])
+            return [f"tag{len(batches)}, {user_prompt}," for _ in images]
+
+        return extract
+
+    monkeypatch.setitem(base._REGISTRY, "counting", factory)
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    for i in range(3):
+        Image.new("RGB", (8 + i, 8), (60 * i, 10, 10)).save(src / f"im{i}.png")
+    (src / "im1b.png").write_text("broken")
+    assert cli(str(src), "-o", str(out), "-s", "2", "--prompt-extractor", "counting", "--prompt-batch-size", "2",
+               "--prompt", "u", "--save-prompts") == 1
+    assert batches == [[(16, 16), (18, 16)], [(20, 16)]]  # the broken file is dropped from its batch
+    assert [(out / f"im{i}.txt").read_text() for i in range(3)] == ["tag1, u,\n", "tag1, u,\n", "tag2, u,\n"]
+    (out / "im2.txt").unlink()
+    out2 = tmp_path / "out2"
+    assert cli(str(src / "im[0-2].png"), "-o", str(out2), "-s", "2", "--prompts-from", str(out),
+               "--prompt-extractor", "counting") == 1  # im2 has no saved prompt: only it fails
+    assert sorted(p.name for p in out2.iterdir()) == ["im0.png", "im1.png"]
+    assert len(batches) == 2  # saved prompts: the extractor is not called again

@@ -248,8 +248,8 @@ class OSEDiffPipeline:
         clock = _Clock(self.device, timings)
 
         # 1. bicubic pre-upscale to exactly round(s * size), then pad to the VAE's multiple of 8
-        width, height = (max(1, round(side * upscale)) for side in image.size)
-        upscaled = image.convert("RGB").resize((width, height), Image.BICUBIC)
+        upscaled = bicubic_upscale(image, upscale)
+        width, height = upscaled.size
         x_l = _to_tensor(upscaled)
         padded = _pad_to_multiple(x_l * 2 - 1, 8)
 
@@ -313,6 +313,12 @@ class _Clock:
     def _sync(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
+
+
+def bicubic_upscale(image: Image.Image, upscale: float) -> Image.Image:
+    """The model's input and colour reference: RGB, bicubic, exactly round(s * size)."""
+    width, height = (max(1, round(side * upscale)) for side in image.size)
+    return image.convert("RGB").resize((width, height), Image.BICUBIC)
 
 
 def _to_tensor(image: Image.Image) -> torch.Tensor:

@@ -100,33 +100,47 @@ def run(args: argparse.Namespace) -> int:
 
     failures: list[str] = []
     seconds: list[float] = []
-    bar = tqdm(todo, unit="img", disable=rank != 0 and world > 1, dynamic_ncols=True)
-    for src in bar:
-        bar.set_description(src.name)
-        started = time.perf_counter()
+    bar = tqdm(total=len(todo), unit="img", disable=rank != 0 and world > 1, dynamic_ncols=True)
+
+    def fail(message: str) -> None:
+        failures.append(message)
+        tqdm.write(f"error: {message}", file=sys.stderr)
+        bar.update()
+
+    # prompt extractors run batched over a chunk of decoded images, then each image is super-resolved
+    chunk_size = max(1, args.prompt_batch_size) if pipe.prompt_extractor is not None else 1
+    for first in range(0, len(todo), chunk_size):
+        images = {}
+        for src in todo[first:first + chunk_size]:
+            try:
+                images[src] = load_image(src, max_pixels=args.max_pixels)
+            except ImageLoadError as err:
+                fail(str(err))
         try:
-            loaded = load_image(src, max_pixels=args.max_pixels)
-            saved = _saved_prompt(args.prompts_from, src)
-            result = pipe.run(loaded.rgb, args.upscale, user_prompt if saved is None else saved,
-                              extract_prompt=saved is None, align=args.align, tiles=tiles, latent=args.latent,
-                              seed=args.seed, alpha=loaded.alpha)
-            dst = output_path(src, args.output, args.format)
-            save_kwargs = {"quality": args.quality} if dst.suffix in (".jpg", ".webp") else {}
-            image = result.image.convert("RGB") if dst.suffix == ".jpg" else result.image
-            save_image_atomic(image, dst, **save_kwargs)
-            if args.save_prompts:
-                write_text_atomic(result.prompt + "\n", dst.with_suffix(".txt"))
-        except ImageLoadError as err:
-            failures.append(str(err))
-            tqdm.write(f"error: {err}", file=sys.stderr)
-            continue
+            prompts = _chunk_prompts(pipe, images, args, user_prompt)
         except (RuntimeError, ValueError, OSError) as err:
-            failures.append(f"{src}: {err}")
-            tqdm.write(f"error: {src}: {str(err).splitlines()[0] if str(err) else type(err).__name__}",
-                       file=sys.stderr)
+            for src in images:
+                fail(f"{src}: {_first_line(err)}")
             continue
-        seconds.append(time.perf_counter() - started)
-        bar.set_postfix(sec=f"{seconds[-1]:.2f}")
+        for src, loaded in images.items():
+            bar.set_description(src.name)
+            started = time.perf_counter()
+            try:
+                prompt = prompts[src] if src in prompts else _saved_prompt(args.prompts_from, src)
+                result = pipe.run(loaded.rgb, args.upscale, prompt, extract_prompt=False, align=args.align,
+                                  tiles=tiles, latent=args.latent, seed=args.seed, alpha=loaded.alpha)
+                dst = output_path(src, args.output, args.format)
+                save_kwargs = {"quality": args.quality} if dst.suffix in (".jpg", ".webp") else {}
+                image = result.image.convert("RGB") if dst.suffix == ".jpg" else result.image
+                save_image_atomic(image, dst, **save_kwargs)
+                if args.save_prompts:
+                    write_text_atomic(result.prompt + "\n", dst.with_suffix(".txt"))
+            except (RuntimeError, ValueError, OSError) as err:
+                fail(f"{src}: {_first_line(err)}")
+                continue
+            seconds.append(time.perf_counter() - started)
+            bar.update()
+            bar.set_postfix(sec=f"{seconds[-1]:.2f}")
     bar.close()
     done = len(seconds)
     mean = sum(seconds) / done if done else 0.0
@@ -136,12 +150,26 @@ def run(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
-def _saved_prompt(folder: Path | None, src: Path) -> str | None:
-    if folder is None:
-        return None
+def _first_line(err: Exception) -> str:
+    return str(err).splitlines()[0] if str(err) else type(err).__name__
+
+
+def _chunk_prompts(pipe, images: dict, args: argparse.Namespace, user_prompt: str) -> dict[Path, str]:
+    """Prompts for a chunk: saved ones (--prompts-from), else one batched extractor call, else the text."""
+    from ..pipeline import bicubic_upscale
+
+    if args.prompts_from is not None:
+        return {}  # read per image, so one missing file fails only its image
+    if pipe.prompt_extractor is None or not images:
+        return dict.fromkeys(images, user_prompt)
+    upscaled = [bicubic_upscale(loaded.rgb, args.upscale) for loaded in images.values()]
+    return dict(zip(images, pipe.prompt_extractor(upscaled, user_prompt), strict=True))
+
+
+def _saved_prompt(folder: Path, src: Path) -> str:
     path = folder / f"{src.stem}.txt"
     if not path.is_file():
-        raise ValueError(f"{src}: no saved prompt {path}")
+        raise ValueError(f"no saved prompt {path}")
     return path.read_text(encoding="utf-8").rstrip("\n")
 
 
@@ -173,7 +201,7 @@ def _build_pipeline(args: argparse.Namespace, rank: int, world: int):
             # one fixed prompt for the whole batch: encode it now and free the text encoder
             pipe.encode_prompt(user_prompt)
             pipe.release_text_encoder()
-    else:
+    elif args.prompts_from is None:  # saved prompts need no extractor model
         pipe.prompt_extractor = _build_extractor(args, device, dtype)
     tiles = TileConfig(enabled=not args.no_tiling, latent_tile=args.latent_tile,
                        latent_overlap=args.latent_overlap, vae_encoder_tile=args.vae_encoder_tile,
