@@ -219,3 +219,15 @@ def test_bf16_decoder_leaves_the_encoder_in_fp32(fresh_components):
                    output_type="pt").image
     assert out.dtype == torch.float32 and out.shape == (3, 64, 96)
     assert seen[0] == torch.float32 and seen[-1] == torch.bfloat16
+
+
+def test_fixed_prompts_are_encoded_at_load_and_the_text_encoder_is_not_kept(tiny_base_dir, tiny_pkl):
+    image = lq_image(16, 12)
+    full = OSEDiffPipeline.from_pretrained(tiny_base_dir, tiny_pkl, device="cpu", dtype="fp32")
+    lean = OSEDiffPipeline.from_pretrained(tiny_base_dir, tiny_pkl, device="cpu", dtype="fp32", prompts=["a cat"])
+    assert lean.text_encoder is None and full.text_encoder is not None
+    a = full.run(image, 2, "a cat", output_type="pt").image
+    b = lean.run(image, 2, "a cat", output_type="pt").image
+    assert torch.equal(a, b)
+    with pytest.raises(RuntimeError, match="not among the prompts encoded at load time"):
+        lean.run(image, 2, "a dog")

@@ -184,9 +184,12 @@ def _build_pipeline(args: argparse.Namespace, rank: int, world: int):
     if world > 1 and device.type == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)) % torch.cuda.device_count())
     dtype = pick_dtype(args.dtype, device)
+    user_prompt = "" if args.prompt_extractor == "none" else args.prompt
+    # one fixed prompt for the whole batch: encoded while loading, then the text encoder is freed
+    fixed = args.prompt_extractor in ("none", "text") and args.prompts_from is None
     pipe = OSEDiffPipeline.from_pretrained(
         args.base, args.weights or DEFAULT_WEIGHTS, device=device, dtype=dtype, merge_lora=not args.no_merge,
-        local_files_only=args.offline,
+        local_files_only=args.offline, prompts=[user_prompt] if fixed else None,
     )
     pipe.optimize(channels_last=True, compile_unet=args.compile,
                   decoder_dtype=pick_decoder_dtype(args.decoder_dtype, device, dtype))
@@ -195,13 +198,7 @@ def _build_pipeline(args: argparse.Namespace, rank: int, world: int):
 
         pipe.use_preview_decoder(AutoencoderTiny.from_pretrained(args.preview_decoder,
                                                                  local_files_only=args.offline))
-    user_prompt = "" if args.prompt_extractor == "none" else args.prompt
-    if args.prompt_extractor in ("none", "text"):
-        if args.prompts_from is None:
-            # one fixed prompt for the whole batch: encode it now and free the text encoder
-            pipe.encode_prompt(user_prompt)
-            pipe.release_text_encoder()
-    elif args.prompts_from is None:  # saved prompts need no extractor model
+    if args.prompt_extractor not in ("none", "text") and args.prompts_from is None:
         pipe.prompt_extractor = _build_extractor(args, device, dtype)
     tiles = TileConfig(enabled=not args.no_tiling, latent_tile=args.latent_tile,
                        latent_overlap=args.latent_overlap, vae_encoder_tile=args.vae_encoder_tile,
