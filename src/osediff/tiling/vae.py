@@ -134,6 +134,15 @@ def _setup(coder: nn.Module, offload_device: torch.device | str | None) -> tuple
     return device, dtype, torch.device(offload_device) if offload_device is not None else device
 
 
+def _needs_tiles(vae: nn.Module, t: torch.Tensor, tile_size: int, what: str) -> bool:
+    """False (with a warning) for a VAE that is not SD-shaped, and for inputs that fit in one tile."""
+    reason = _unsupported(vae)
+    if reason is not None:
+        warnings.warn(f"tiled VAE {what} unavailable ({reason}); running it untiled", stacklevel=3)
+        return False
+    return t.shape[-2] > tile_size or t.shape[-1] > tile_size
+
+
 def _check(images: torch.Tensor, tile_size: int, attention: str) -> None:
     if images.ndim != 4:
         raise ValueError(f"expected an (N, C, H, W) tensor, got shape {tuple(images.shape)}")
@@ -158,12 +167,9 @@ def tiled_encode(vae: nn.Module, x: torch.Tensor, tile_size: int = 1024, overlap
     """
     _check(x, tile_size, attention)
     device, dtype, store = _setup(vae.encoder, offload_device)
-    height, width = x.shape[-2:]
-    reason = _unsupported(vae)
-    if reason is not None:
-        warnings.warn(f"tiled VAE encode unavailable ({reason}); encoding untiled", stacklevel=2)
-    if reason is not None or (height <= tile_size and width <= tile_size):
+    if not _needs_tiles(vae, x, tile_size, "encode"):
         return _plain_encode(vae, x.to(device, dtype))
+    height, width = x.shape[-2:]
     encoder = vae.encoder
     factor = 2 ** sum(block.downsamplers is not None for block in encoder.down_blocks)
     if height % factor or width % factor:
@@ -220,12 +226,9 @@ def tiled_decode(vae: nn.Module, z: torch.Tensor, tile_size: int = 224, overlap:
     """
     _check(z, tile_size, attention)
     device, dtype, store = _setup(vae.decoder, offload_device)
-    height, width = z.shape[-2:]
-    reason = _unsupported(vae)
-    if reason is not None:
-        warnings.warn(f"tiled VAE decode unavailable ({reason}); decoding untiled", stacklevel=2)
-    if reason is not None or (height <= tile_size and width <= tile_size):
+    if not _needs_tiles(vae, z, tile_size, "decode"):
         return _plain_decode(vae, z.to(device, dtype))
+    height, width = z.shape[-2:]
     decoder = vae.decoder
     grid = Grid.cover(height, width, tile_size)
     margin = max(1, tile_size // 4 if overlap is None else overlap)
