@@ -16,7 +16,8 @@ import math
 import os
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -25,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .checkpoint.hub import DEFAULT_WEIGHTS, WEIGHTS_MIRRORS, resolve_file
+from .checkpoint.hub import DEFAULT_WEIGHTS, WEIGHTS_MIRRORS, resolve_base, resolve_file
 from .checkpoint.weights import OSEDiffWeights
 from .color import ALIGN_METHODS, align_colors
 from .components import BaseComponents, encode_text, load_base_components, load_text_encoder
@@ -93,12 +94,13 @@ class OSEDiffPipeline:
         With ``prompts``, only those prompts can be used: they are encoded first and the text encoder
         is freed before the UNet loads, which lowers peak memory by its 1.4 GB.
         """
+        folder = resolve_base(base, local_files_only=local_files_only)  # once: a hub id costs a request
         embeddings = {}
         if prompts is not None:
-            text_encoder, tokenizer = load_text_encoder(base, local_files_only=local_files_only)
+            text_encoder, tokenizer = load_text_encoder(folder)
             embeddings = {prompt: encode_text(tokenizer, text_encoder, prompt) for prompt in prompts}
             del text_encoder
-        components = load_base_components(base, local_files_only=local_files_only, text_encoder=prompts is None)
+        components = load_base_components(folder, text_encoder=prompts is None)
         pipe = cls(components, prompt_extractor=prompt_extractor)
         pipe._prompt_cache.update(embeddings)
         if weights is not None:
@@ -246,7 +248,6 @@ class OSEDiffPipeline:
         self.check_inputs(upscale, align, latent)
         tiles = tiles or TileConfig()
         timings: dict[str, float] = {}
-        clock = _Clock(self.device, timings)
 
         # 1. bicubic pre-upscale to exactly round(s * size), then pad to the VAE's multiple of 8
         upscaled = bicubic_upscale(image, upscale)
@@ -255,24 +256,24 @@ class OSEDiffPipeline:
         padded = _pad_to_multiple(x_l * 2 - 1, 8)
 
         # 2. prompt: user text, or an extractor looking at the pre-upscaled image
-        with clock("prompt"):
+        with _timed(timings, "prompt", self.device):
             if self.prompt_extractor is not None and extract_prompt:
                 prompt = self.prompt_extractor([upscaled], prompt or "")[0]
             prompt = prompt or ""
             embedding = self.encode_prompt(prompt)
 
         # 3. z_L = sf * E(x_L)
-        with clock("vae_encode"):
+        with _timed(timings, "vae_encode", self.device):
             generator = torch.Generator("cpu").manual_seed(seed) if seed is not None else None
             z_l = self.encode_latent(padded, tiles, latent, generator)
 
         # 4. one UNet call at t=999, then straight to x0
-        with clock("unet"):
+        with _timed(timings, "unet", self.device):
             eps = self.predict_noise(z_l, embedding, tiles)
             z_h = self.denoise(z_l, eps)
 
         # 5. decode, crop the padding away, colour-align to the pre-upscaled input
-        with clock("vae_decode"):
+        with _timed(timings, "vae_decode", self.device):
             x_h = self.decode_latent(z_h, tiles)[..., :height, :width]
             out = align_colors((x_h + 1) / 2, x_l.to(x_h.device), align).clamp(0, 1)[0].cpu()
         if output_type == "pt":
@@ -293,27 +294,15 @@ class OSEDiffPipeline:
         return outputs[0] if isinstance(image, Image.Image) else outputs
 
 
-class _Clock:
-    """Context manager factory that records wall seconds per stage, synchronising CUDA first."""
-
-    def __init__(self, device: torch.device, sink: dict[str, float]) -> None:
-        self.device, self.sink = device, sink
-
-    def __call__(self, name: str) -> _Clock:
-        self.name = name
-        return self
-
-    def __enter__(self) -> None:
-        self._sync()
-        self.start = time.perf_counter()
-
-    def __exit__(self, *exc: object) -> None:
-        self._sync()
-        self.sink[self.name] = self.sink.get(self.name, 0.0) + time.perf_counter() - self.start
-
-    def _sync(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
+@contextmanager
+def _timed(sink: dict[str, float], name: str, device: torch.device) -> Iterator[None]:
+    """Add the wall seconds of the block to ``sink[name]``, synchronising CUDA so GPU work counts."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda *_: None)
+    sync(device)
+    start = time.perf_counter()
+    yield
+    sync(device)
+    sink[name] = sink.get(name, 0.0) + time.perf_counter() - start
 
 
 def bicubic_upscale(image: Image.Image, upscale: float) -> Image.Image:
