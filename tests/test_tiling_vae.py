@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from osediff.lora import VAE_ADAPTER, attach_lora_adapters
 from osediff.testing import random_weights
 from osediff.tiling.groupnorm import ChannelStats, group_norm
-from osediff.tiling.layerwise import Grid, split_axis
+from osediff.tiling.layerwise import Grid, TiledRunner, split_axis
 from osediff.tiling.vae import tiled_decode, tiled_encode
 
 
@@ -66,6 +66,17 @@ def latent(n: int, h: int, w: int, seed: int = 0) -> torch.Tensor:
     gen = torch.Generator().manual_seed(seed)
     coarse = F.interpolate(torch.randn(n, 4, 2, 3, generator=gen) * 2, size=(h, w), mode="bilinear")
     return coarse + torch.randn(n, 4, h, w, generator=gen)
+
+
+def test_refined_grid_is_aligned_bounded_and_covers_the_map():
+    grid = Grid.cover(64, 96, 64, align=8)
+    fine = grid.refined(max_pixels=600, align=8)
+    assert all((b - t) * (r - left) <= 600 for t, b, left, r in fine.cores)
+    assert all(v % 8 == 0 for core in fine.cores for v in core)
+    covered = torch.zeros(64, 96, dtype=torch.int32)
+    for t, b, left, r in fine.cores:
+        covered[t:b, left:r] += 1
+    assert torch.equal(covered, torch.ones_like(covered)) and grid.refined(10**6, 8) is grid
 
 
 def test_split_axis_covers_aligned_and_bounded():
@@ -128,6 +139,34 @@ def test_tiled_decode_equals_untiled_and_global_stats_matter(model, request):
     assert tiled.shape == ref.shape == (2, 3, 96, 160)
     assert err < 1e-4
     assert naive_err > 1e-2 and naive_err > 100 * err
+
+
+@pytest.mark.parametrize("model", ["vae", "vae32"])
+def test_recomputing_resnets_and_smaller_tiles_change_nothing(model, request):
+    """recompute_above=0: every resnet keeps one full-size map (lagged in-place writes, channel-
+    increasing and channel-reducing shortcuts included); max_tile_elements re-cuts each wide pass
+    into rows aligned to the downsampling still to come. The result is still the untiled one."""
+    vae = request.getfixturevalue(model)
+    x, z = image(1, 64, 104, seed=3), latent(1, 12, 20, seed=3)
+    with torch.no_grad():
+        ref_x, ref_z = plain_encode(vae, x), plain_decode(vae, z)
+    # tiles of at most 1024 elements also cut the wide layers into thin rows (several per core)
+    enc = tiled_encode(vae, x, tile_size=32, recompute_above=0, max_tile_elements=1024)
+    dec = tiled_decode(vae, z, tile_size=7, recompute_above=0, max_tile_elements=1024)
+    print(f"\n{model} recomputing resnets: encode {max_diff(enc, ref_x):.2e}, decode {max_diff(dec, ref_z):.2e}")
+    assert max_diff(enc, ref_x) < 1e-4 and max_diff(dec, ref_z) < 1e-4
+
+
+def test_lagged_in_place_pass_reads_every_neighbour_before_overwriting_it():
+    x = torch.randn(1, 3, 37, 29).contiguous(memory_format=torch.channels_last)
+    kernel = torch.randn(3, 3, 5, 5)
+    expected = F.conv2d(x, kernel, padding=2)
+    run = TiledRunner(Grid.cover(37, 29, 8, row_tile=5), torch.device("cpu"), torch.float32, torch.device("cpu"))
+    out, stats = run.run(lambda r: F.conv2d(r, kernel, padding=2), [x], halo=2, out=x, lagged=True)
+    assert out is x and torch.allclose(x, expected, atol=1e-5)
+    assert torch.allclose(stats.mean, expected.mean(dim=(2, 3)), atol=1e-5)
+    with pytest.raises(ValueError, match="lagged"):
+        run.run(lambda r: r, [x], lagged=True)
 
 
 def test_per_tile_attention_is_an_approximation_that_becomes_exact_with_full_context(vae):

@@ -32,7 +32,7 @@ class ChannelStats:
         n = chunk.shape[-2] * chunk.shape[-1]
         if n == 0:
             return
-        var, mean = torch.var_mean(chunk.float(), dim=(-2, -1), correction=0)
+        var, mean = torch.var_mean(_pixels_by_channel(chunk).float(), dim=1, correction=0)
         m2 = var * n
         if self.mean is None or self.m2 is None:
             self.count, self.mean, self.m2 = n, mean, m2
@@ -57,27 +57,32 @@ class ChannelStats:
         return mean_g, torch.rsqrt(var_g + eps)
 
 
+def _pixels_by_channel(x: torch.Tensor) -> torch.Tensor:
+    """(N, H*W, C), a view when ``x`` is channels_last: reducing over pixels then reads memory in order."""
+    batch, channels = x.shape[:2]
+    return x.permute(0, 2, 3, 1).reshape(batch, -1, channels)
+
+
 def group_norm(x: torch.Tensor, norm: nn.GroupNorm, stats: ChannelStats | None,
                inplace: bool = False) -> torch.Tensor:
     """``norm`` applied to a tile ``x`` (N, C, h, w) with image-wide ``stats``.
 
     ``stats=None`` calls the module itself, i.e. the naive per-tile statistics; kept only to
-    measure how much the image-wide statistics matter. Like torch's GroupNorm for half types, the
-    arithmetic is fp32 and the result is cast back to ``x``'s dtype. ``inplace`` lets an fp32
-    ``x`` that nothing else reads be overwritten instead of copied.
+    measure how much the image-wide statistics matter. As in torch's own CPU kernel the norm is
+    one per-channel affine map, x * a + b with a = rstd * weight and b = bias - mean * a, computed
+    in fp32 and cast back to ``x``'s dtype; it keeps ``x``'s memory format. ``inplace`` lets an
+    fp32 ``x`` that nothing else reads be overwritten instead of copied.
     """
     if stats is None:
         return norm(x)
     mean, rstd = stats.group_moments(norm.num_groups, norm.eps)
-    batch, channels = x.shape[:2]
-    groups = norm.num_groups
-    if inplace and x.dtype == torch.float32 and x.is_contiguous():
-        y = x
-    else:  # a fresh fp32 copy, so that the in-place arithmetic below never touches a stored map
-        y = x.to(torch.float32, memory_format=torch.contiguous_format, copy=True)
-    y = y.view(batch, groups, channels // groups, *x.shape[2:])
-    y.sub_(mean.to(y.device)[:, :, None, None, None]).mul_(rstd.to(y.device)[:, :, None, None, None])
-    y = y.view_as(x)
+    per_group = x.shape[1] // norm.num_groups
+    scale = rstd.repeat_interleave(per_group, dim=1)
+    shift = -mean.repeat_interleave(per_group, dim=1) * scale
     if norm.affine:
-        y.mul_(norm.weight.float()[None, :, None, None]).add_(norm.bias.float()[None, :, None, None])
-    return y.to(x.dtype)
+        weight = norm.weight.float()[None]
+        scale, shift = scale * weight, shift * weight + norm.bias.float()[None]
+    scale, shift = (t.to(x.device)[:, :, None, None] for t in (scale, shift))
+    if inplace and x.dtype == torch.float32:
+        return x.mul_(scale).add_(shift)
+    return torch.addcmul(shift, x, scale).to(x.dtype)

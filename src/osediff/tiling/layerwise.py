@@ -11,7 +11,11 @@ compute device, processed with the model's own modules, and only its core is wri
   SD encoder for that, and still be approximate at the attention layer);
 * compute-device memory is bounded by one tile's activations, whatever the image size;
 * the stored state is one copy of each live feature map, without halo duplication, written in
-  place where the layer allows it.
+  place where the layer allows it: directly when the layer reads its input only pointwise, and
+  with a lag when it reads neighbours (a tile's output is held back until no later tile reads
+  the input pixels it replaces, about one row of tiles);
+* maps are stored channels_last, the layout the convolutions run in, so cutting a tile, writing
+  its core back and reducing statistics all read memory in order.
 
 Statistics for the next GroupNorm are collected from each core as it is written, which costs no
 extra pass over the map.
@@ -20,6 +24,7 @@ extra pass over the map.
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -55,9 +60,22 @@ class Grid:
     cores: tuple[Box, ...]
 
     @classmethod
-    def cover(cls, height: int, width: int, tile: int, align: int = 1) -> Grid:
-        rows, cols = split_axis(height, tile, align), split_axis(width, tile, align)
+    def cover(cls, height: int, width: int, tile: int, align: int = 1, row_tile: int | None = None) -> Grid:
+        rows, cols = split_axis(height, row_tile or tile, align), split_axis(width, tile, align)
         return cls(height, width, tuple((t, b, left, r) for t, b in rows for left, r in cols))
+
+    def refined(self, max_pixels: int, align: int = 1) -> Grid:
+        """This grid, or one with smaller cores (bounds multiples of ``align``) of at most
+        ``max_pixels`` each: rows of the full tile width where possible, as thin rows also keep
+        lagged in-place passes cheap (about one row of outputs is held back)."""
+        tile_h = max(b - t for t, b, _, _ in self.cores)
+        tile_w = max(r - left for _, _, left, r in self.cores)
+        if tile_h * tile_w <= max_pixels:
+            return self
+        if tile_w * align > max_pixels:
+            tile_w = max(align, math.isqrt(max_pixels) // align * align)
+        rows = max(align, max_pixels // tile_w // align * align)
+        return Grid.cover(self.height, self.width, tile_w, align, row_tile=rows)
 
     def scaled(self, up: int, down: int) -> Grid:
         def scale(v: int) -> int:
@@ -77,51 +95,92 @@ def _cut(src: torch.Tensor, box: Box) -> torch.Tensor:
     return src[:, :, box[0]:box[1], box[2]:box[3]]
 
 
+def _overlaps(a: Box, b: Box) -> bool:
+    return a[0] < b[1] and b[0] < a[1] and a[2] < b[3] and b[2] < a[3]
+
+
+def _write_unread(out: torch.Tensor, held: list[tuple[Box, torch.Tensor]],
+                  pending: Sequence[Box]) -> list[tuple[Box, torch.Tensor]]:
+    """Write the held cores that no ``pending`` input region reads any more; return the others."""
+    still = []
+    for core, piece in held:
+        if any(_overlaps(core, region) for region in pending):
+            still.append((core, piece))
+        else:
+            _cut(out, core).copy_(piece)
+    return still
+
+
 class TiledRunner:
     """Runs layers over every tile of a feature map; see the module docstring.
 
     ``image_stats=False`` normalises each tile with its own statistics instead (the naive tiled
-    VAE); it exists only to measure what the image-wide statistics buy.
+    VAE); it exists only to measure what the image-wide statistics buy. ``recompute_above`` is
+    the size in bytes from which callers recompute a map instead of storing it.
+
+    ``grid`` is the tiling at the input's resolution, scaled along with the maps. Each pass cuts
+    it further where one tile of its input would exceed ``max_tile_elements`` (pixels x
+    channels, counted at the output's size for upsampling passes), so the tile temporaries stay
+    bounded at the wide full-resolution layers; ``align``
+    is the downsampling still to come, which every tile bound must divide.
     """
 
     def __init__(self, grid: Grid, device: torch.device, dtype: torch.dtype, store: torch.device,
-                 image_stats: bool = True) -> None:
+                 image_stats: bool = True, recompute_above: int = 1 << 30, max_tile_elements: int = 1 << 24,
+                 align: int = 1) -> None:
         self.grid = grid
+        self.align = align
+        self.max_tile_elements = max_tile_elements
         self.device = device
         self.dtype = dtype
         self.store = store
         self.image_stats = image_stats
+        self.recompute_above = recompute_above
         self._private: set[int] = set()  # ids of the tile copies handed to the running ``fn``
+
+    def tiles(self, channels: int, up: int = 1) -> Grid:
+        """The grid for a pass over a ``channels``-channel map whose output is ``up`` times larger."""
+        return self.grid.refined(max(1, self.max_tile_elements // (channels * up * up)), self.align)
 
     def norm(self, x: torch.Tensor, module: nn.GroupNorm, stats: ChannelStats | None) -> torch.Tensor:
         return group_norm(x, module, stats if self.image_stats else None)
 
     def norm_act(self, x: torch.Tensor, module: nn.GroupNorm, stats: ChannelStats | None,
-                 act: nn.Module) -> torch.Tensor:
+                 act: nn.Module, owned: bool = False) -> torch.Tensor:
         """``act(norm(x))`` for an ``x`` that is read by nothing else afterwards.
 
-        If ``x`` is a private copy of a tile (not a view of a stored map), the norm overwrites it
-        and SiLU runs in place: two tile-sized buffers fewer at the memory peak.
+        If ``x`` is a private copy of a tile (not a view of a stored map) or ``owned`` (a
+        temporary of ``fn``), the norm overwrites it and SiLU runs in place: two tile-sized
+        buffers fewer at the memory peak.
         """
-        y = group_norm(x, module, stats if self.image_stats else None, inplace=id(x) in self._private)
+        inplace = owned or id(x) in self._private
+        y = group_norm(x, module, stats if self.image_stats else None, inplace=inplace)
         return F.silu(y, inplace=True) if type(act) is nn.SiLU else act(y)
 
     def run(self, fn: Callable[..., torch.Tensor], inputs: Sequence[torch.Tensor], halo: int = 1,
-            up: int = 1, down: int = 1, out: torch.Tensor | None = None,
-            collect: bool = True) -> tuple[torch.Tensor, ChannelStats | None]:
+            up: int = 1, down: int = 1, out: torch.Tensor | None = None, collect: bool = True,
+            keep: bool = True, lagged: bool = False) -> tuple[torch.Tensor | None, ChannelStats | None]:
         """``fn`` over every tile of ``inputs`` (cut with ``halo``); returns the output map and its stats.
 
         ``fn`` must be local: output pixel p depends on input pixels within ``halo`` of p / scale,
         and may pass an input to :meth:`norm_act` only as that input's last use.
         Its output is ``up / down`` times the size of its input. ``out`` may be ``inputs[0]`` when
         ``fn`` uses that input only pointwise (a neighbour's halo read from it then lands in the
-        halo of the output, which is discarded).
+        halo of the output, which is discarded), or when ``lagged``: then each output core is
+        held back until no later tile reads the input there. ``keep=False`` only collects the
+        statistics of the output (for a layer that is recomputed later instead of stored).
         """
-        new_grid = self.grid.scaled(up, down)
+        if lagged and (up != 1 or down != 1 or out is None):
+            raise ValueError("a lagged in-place pass needs an output map of the input's size")
+        grid = self.tiles(max(src.shape[1] for src in inputs), up)
+        new_grid = grid.scaled(up, down)
         stats = ChannelStats() if collect else None
-        for core, new_core in zip(self.grid.cores, new_grid.cores, strict=True):
-            region = self.grid.expand(core, halo)
-            parts = [_cut(src, region).to(self.device, self.dtype).contiguous() for src in inputs]
+        regions = [grid.expand(core, halo) for core in grid.cores]
+        held: list[tuple[Box, torch.Tensor]] = []
+        for index, (core, new_core) in enumerate(zip(grid.cores, new_grid.cores, strict=True)):
+            region = regions[index]
+            parts = [_cut(src, region).to(self.device, self.dtype).contiguous(memory_format=torch.channels_last)
+                     for src in inputs]
             self._private = {id(part) for part, src in zip(parts, inputs, strict=True)
                              if part.untyped_storage().data_ptr() != src.untyped_storage().data_ptr()}
             y = fn(*parts)
@@ -129,15 +188,20 @@ class TiledRunner:
             del parts
             top, left = (core[0] - region[0]) * up // down, (core[2] - region[2]) * up // down
             piece = y[:, :, top:top + new_core[1] - new_core[0], left:left + new_core[3] - new_core[2]]
-            if out is None:
-                out = torch.empty((y.shape[0], y.shape[1], new_grid.height, new_grid.width),
-                                  dtype=self.dtype, device=self.store)
-            _cut(out, new_core).copy_(piece)
             if stats is not None:
                 stats.update(piece)
+            if keep and out is None:
+                out = torch.empty((y.shape[0], y.shape[1], new_grid.height, new_grid.width), dtype=self.dtype,
+                                  device=self.store, memory_format=torch.channels_last)
+            if keep and lagged:
+                held.append((new_core, piece.to(self.store, copy=True)))
+                held = _write_unread(out, held, regions[index + 1:])
+            elif keep:
+                _cut(out, new_core).copy_(piece)
             del y, piece
-        self.grid = new_grid
-        if out is None:
+        self.grid = self.grid.scaled(up, down)
+        self.align = max(1, self.align // down)
+        if keep and out is None:
             raise ValueError("the grid has no tiles")
         return out, stats
 
@@ -171,17 +235,18 @@ class TiledRunner:
                 del t
             return split_heads(torch.cat(keys, 1)), split_heads(torch.cat(values, 1))
 
+        grid = self.tiles(channels)
         if mode == "global":
-            key, value = keys_values(self.grid.cores)
+            key, value = keys_values(grid.cores)
             out = x  # safe in place: keys and values are fixed before any core is overwritten
         elif mode == "tile":
             out = torch.empty_like(x)  # neighbours' keys are read from x after a core is written
         else:
             raise ValueError(f"unknown attention mode {mode!r}; use 'global' or 'tile'")
         new_stats = ChannelStats()
-        for core in self.grid.cores:
+        for core in grid.cores:
             if mode == "tile":
-                key, value = keys_values([self.grid.expand(core, margin)])
+                key, value = keys_values([grid.expand(core, margin)])
             residual = _cut(x, core).to(self.device, self.dtype)
             queries = tokens(residual)
             chunk = max(256, _SCORE_BUDGET // key.shape[2])
