@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..device import release_free_heap
 from .groupnorm import ChannelStats, group_norm
 
 Box = tuple[int, int, int, int]  # top, bottom, left, right; bottom and right exclusive
@@ -172,6 +173,8 @@ class TiledRunner:
         """
         if lagged and (up != 1 or down != 1 or out is None):
             raise ValueError("a lagged in-place pass needs an output map of the input's size")
+        if self.store.type == "cpu":
+            release_free_heap()  # the last pass's tile temporaries, before this pass adds a map
         grid = self.tiles(max(src.shape[1] for src in inputs), up)
         new_grid = grid.scaled(up, down)
         stats = ChannelStats() if collect else None
