@@ -210,6 +210,20 @@ def test_tiled_vae_through_the_pipeline_matches_untiled(fresh_components, tiny_w
     assert diff < 1e-4
 
 
+def test_tiled_vae_keeps_its_maps_on_the_cpu_when_they_would_crowd_the_gpu(monkeypatch):
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (8 * 2**30, 80 * 2**30))
+    auto = TileConfig()
+    # 2048x2048 fp16: 320 channels x 4 Mpx x 2 B = 2.5 GiB > 8 GiB free / 4
+    assert auto.vae_store(cuda, 2048 * 2048, torch.float16) == cpu
+    assert auto.vae_store(cuda, 1024 * 1024, torch.float16) == cuda
+    assert auto.vae_store(cpu, 8192 * 8192, torch.float32) == cpu
+    assert TileConfig(vae_maps="device").vae_store(cuda, 8192 * 8192, torch.float16) == cuda
+    assert TileConfig(vae_maps="cpu").vae_store(cuda, 64, torch.float16) == cpu
+    with pytest.raises(ValueError, match="vae_maps"):
+        TileConfig(vae_maps="disk").vae_store(cuda, 64, torch.float16)  # type: ignore[arg-type]
+
+
 def test_bf16_decoder_leaves_the_encoder_in_fp32(fresh_components):
     pipe = OSEDiffPipeline(fresh_components).optimize(channels_last=False, decoder_dtype=torch.bfloat16)
     seen = []

@@ -36,6 +36,8 @@ from .prompts.base import PromptExtractor
 from .tiling.latent import tiled_apply
 
 TIMESTEP = 999
+# channels of the full-resolution maps alive at once in the tiled VAE decoder's widest layer
+_LIVE_MAP_CHANNELS = 320
 LatentMode = Literal["mode", "sample"]
 
 
@@ -44,7 +46,10 @@ class TileConfig:
     """When and how to tile; every size is the largest processed in one piece.
 
     Defaults follow the authors' test script (latent tiles of 96 with overlap 32, VAE encoder
-    tiles of 1024 px, decoder tiles of 224 latent px).
+    tiles of 1024 px, decoder tiles of 224 latent px). ``vae_maps`` is where the tiled VAE keeps
+    its full-size feature maps between layers: ``"cpu"`` bounds GPU memory by one tile's work
+    (slower: every layer's map crosses PCIe), ``"auto"`` picks it on a GPU when the maps of
+    this image would take over a quarter of the free GPU memory.
     """
 
     enabled: bool = True
@@ -53,6 +58,17 @@ class TileConfig:
     vae_encoder_tile: int = 1024
     vae_decoder_tile: int = 224
     batch_size: int = 4
+    vae_maps: Literal["auto", "device", "cpu"] = "auto"
+
+    def vae_store(self, device: torch.device, pixels: int, dtype: torch.dtype) -> torch.device:
+        """Where the tiled VAE of a ``pixels``-pixel image keeps its maps (see the class docstring)."""
+        if self.vae_maps not in ("auto", "device", "cpu"):
+            raise ValueError(f"vae_maps must be 'auto', 'device' or 'cpu', got {self.vae_maps!r}")
+        if self.vae_maps == "cpu" or (self.vae_maps == "auto" and device.type == "cuda"
+                                      and _LIVE_MAP_CHANNELS * pixels * dtype.itemsize
+                                      > torch.cuda.mem_get_info(device)[0] / 4):
+            return torch.device("cpu")
+        return device
 
 
 @dataclass
@@ -189,7 +205,9 @@ class OSEDiffPipeline:
         if tiles.enabled and max(x.shape[-2:]) > tiles.vae_encoder_tile:
             from .tiling.vae import tiled_encode
 
-            dist = DiagonalGaussianDistribution(tiled_encode(self.vae, x, tile_size=tiles.vae_encoder_tile))
+            store = tiles.vae_store(self.device, x.shape[-2] * x.shape[-1], self.vae.dtype)
+            dist = DiagonalGaussianDistribution(tiled_encode(self.vae, x, tile_size=tiles.vae_encoder_tile,
+                                                             offload_device=store))
         else:
             dist = self.vae.encode(x).latent_dist
         z = dist.mode() if latent == "mode" else dist.sample(generator)
@@ -221,7 +239,8 @@ class OSEDiffPipeline:
         if tiles.enabled and max(z.shape[-2:]) > tiles.vae_decoder_tile:
             from .tiling.vae import tiled_decode
 
-            x = tiled_decode(self.vae, z, tile_size=tiles.vae_decoder_tile)
+            store = tiles.vae_store(self.device, 64 * z.shape[-2] * z.shape[-1], z.dtype)
+            x = tiled_decode(self.vae, z, tile_size=tiles.vae_decoder_tile, offload_device=store)
         else:
             x = self.vae.decode(z).sample
         return x.float().clamp(-1, 1)

@@ -49,6 +49,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     tiles.add_argument("--vae-encoder-tile", type=int, default=1024, help="VAE encoder tile in pixels")
     tiles.add_argument("--vae-decoder-tile", type=int, default=224, help="VAE decoder tile in latent pixels")
     tiles.add_argument("--tile-batch", type=int, default=4, help="UNet tiles per forward pass")
+    tiles.add_argument("--vae-maps", choices=("auto", "device", "cpu"), default="auto",
+                       help="where the tiled VAE keeps full-size feature maps; cpu bounds GPU memory by one "
+                            "tile (slower); auto: cpu when they would fill over 1/4 of free GPU memory")
     model = add_model_options(p)
     model.add_argument("--no-merge", action="store_true", help="keep LoRA unmerged (peft layers)")
     model.add_argument("--decoder-dtype", default="auto",
@@ -202,7 +205,8 @@ def _build_pipeline(args: argparse.Namespace, rank: int, world: int):
         pipe.prompt_extractor = _build_extractor(args, device, dtype)
     tiles = TileConfig(enabled=not args.no_tiling, latent_tile=args.latent_tile,
                        latent_overlap=args.latent_overlap, vae_encoder_tile=args.vae_encoder_tile,
-                       vae_decoder_tile=args.vae_decoder_tile, batch_size=args.tile_batch)
+                       vae_decoder_tile=args.vae_decoder_tile, batch_size=args.tile_batch,
+                       vae_maps=args.vae_maps)
     return pipe, tiles, user_prompt
 
 
