@@ -127,7 +127,7 @@ class TiledRunner:
     """
 
     def __init__(self, grid: Grid, device: torch.device, dtype: torch.dtype, store: torch.device,
-                 image_stats: bool = True, recompute_above: int = 1 << 30, max_tile_elements: int = 1 << 24,
+                 image_stats: bool = True, recompute_above: int = 1 << 30, max_tile_elements: int = 1 << 23,
                  align: int = 1) -> None:
         self.grid = grid
         self.align = align
