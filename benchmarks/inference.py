@@ -7,12 +7,15 @@ Every configuration runs in its own process (so peak RSS is its own) on a full-s
 architecture: real weights with --base/--weights, else random ones written once by
 benchmarks/random_model.py (identical cost). Rows:
 
-  (a) ours     merged LoRA, channels_last VAE, prompt embedding cached, default dtype for the device
-               (fp32 on CPU, with the decoder in bf16 where the CPU has native bf16)
+  (a) ours     merged LoRA, channels_last VAE, default dtype for the device (fp32 on CPU, with the
+               decoder in bf16 where the CPU has native bf16), and as `osediff upscale --prompt`
+               does, the fixed prompt encoded at load time and the text encoder freed
   (b) authors  unmerged peft adapters, sampled latent, text encoder run per image, fp32 on CPU
                (their code's only CPU option) and the same half precision as (a) on GPU
   (c) 50-step  the cost class of StableSR/SeeSR/DiffBIR samplers on the same backbone: VAE encode +
                50 x (one classifier-free-guided UNet step, batch 2) + VAE decode, each measured
+  (c+) 50-step as (c), plus the ControlNet branch SeeSR and DiffBIR run beside the UNet at every
+               step (a ControlNet copy of the UNet's encoder, batch 2); their full per-step cost
 
 Seconds are medians over --repeats runs after one warm-up; memory is peak RSS on CPU and peak
 allocated memory on CUDA.
@@ -35,6 +38,7 @@ from PIL import Image
 
 REALSR_LR = Path(__file__).resolve().parents[1].parent / "shared" / "benchmarks" / "realsr" / "lr"
 STAGES = ("prompt", "vae_encode", "unet", "vae_decode")
+PROMPT = "a photo"
 
 
 def lr_images(size: int, count: int) -> list[Image.Image]:
@@ -70,11 +74,13 @@ def measure(cfg: dict) -> dict:
 
     authors = cfg["method"] == "authors"
     pipe = OSEDiffPipeline.from_pretrained(cfg["base"], cfg["weights"], device=cfg["device"], dtype=cfg["dtype"],
-                                           merge_lora=not authors)
+                                           merge_lora=not authors, prompts=None if authors else [PROMPT, ""])
     device = pipe.device
     decoder_dtype = pick_decoder_dtype("auto", device, pipe.dtype)
     if not authors:
         pipe.optimize(channels_last=True, compile_unet=cfg.get("compile", False), decoder_dtype=decoder_dtype)
+    if cfg["method"] == "preview":
+        pipe.use_preview_decoder(preview_decoder(cfg.get("preview_decoder")))
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     tiles = TileConfig(latent_tile=cfg.get("latent_tile", 96))
@@ -83,35 +89,55 @@ def measure(cfg: dict) -> dict:
     for image in images:
         if authors:
             pipe.clear_prompt_cache()
-        result = pipe.run(image, 4, "a photo", tiles=tiles, latent="sample" if authors else "mode", seed=0)
+        result = pipe.run(image, 4, PROMPT, tiles=tiles, latent="sample" if authors else "mode", seed=0)
         runs.append(result.timings)
     timed = runs[1:] or runs  # --large runs once, without a warm-up
     out = {stage: statistics.median(r[stage] for r in timed) for stage in STAGES}
-    if cfg["method"] == "multistep":
-        out["unet"] = cfg["steps"] * cfg_unet_step(pipe, cfg["size"] * 4 // 8, cfg["repeats"])
+    if cfg["method"].startswith("multistep"):
+        control = cfg["method"] == "multistep+control"
+        out["unet"] = cfg["steps"] * cfg_unet_step(pipe, cfg["size"] * 4 // 8, cfg["repeats"], control)
     out["total"] = sum(out[stage] for stage in STAGES)
     out["peak_gib"] = peak_memory_gib(device)
     out["device_name"] = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     out["dtype"] = str(pipe.dtype).removeprefix("torch.")
-    if not authors and decoder_dtype != pipe.dtype:
+    if cfg["method"] == "preview":
+        out["dtype"] += " (TAESD decoder)"
+    elif not authors and decoder_dtype != pipe.dtype:
         out["dtype"] += f" ({str(decoder_dtype).removeprefix('torch.')} decoder)"
     return out
 
 
-def cfg_unet_step(pipe, latent: int, repeats: int) -> float:
-    """Median seconds of one classifier-free-guided UNet evaluation (cond + uncond, batch 2)."""
+def preview_decoder(path: str | None):
+    """TAESD from ``path``, else diffusers' AutoencoderTiny with its default (TAESD) shape and random
+    weights: the same cost, but its output says nothing about quality."""
+    from diffusers import AutoencoderTiny
+
+    return AutoencoderTiny.from_pretrained(path) if path else AutoencoderTiny().eval()
+
+
+def cfg_unet_step(pipe, latent: int, repeats: int, control: bool = False) -> float:
+    """Median seconds of one classifier-free-guided UNet evaluation (cond + uncond, batch 2), with
+    the residuals of a ControlNet branch fed into it when ``control``."""
     import torch
+    from diffusers import ControlNetModel
 
     z = torch.randn(2, 4, latent, latent, device=pipe.device, dtype=pipe.dtype)
-    context = torch.cat([pipe.encode_prompt("a photo"), pipe.encode_prompt("")])
+    context = torch.cat([pipe.encode_prompt(PROMPT), pipe.encode_prompt("")])
     timestep = torch.tensor([500], device=pipe.device)
+    controlnet = ControlNetModel.from_unet(pipe.unet).to(pipe.device, pipe.dtype) if control else None
+    condition = torch.rand(2, 3, latent * 8, latent * 8, device=pipe.device, dtype=pipe.dtype)
     seconds = []
     with torch.no_grad():
         for _ in range(repeats + 1):
             if pipe.device.type == "cuda":
                 torch.cuda.synchronize()
             start = time.perf_counter()
-            pipe.unet(z, timestep, encoder_hidden_states=context)
+            residuals = {}
+            if controlnet is not None:
+                down, mid = controlnet(z, timestep, encoder_hidden_states=context, controlnet_cond=condition,
+                                       return_dict=False)
+                residuals = {"down_block_additional_residuals": down, "mid_block_additional_residual": mid}
+            pipe.unet(z, timestep, encoder_hidden_states=context, **residuals)
             if pipe.device.type == "cuda":
                 torch.cuda.synchronize()
             seconds.append(time.perf_counter() - start)
@@ -123,13 +149,14 @@ def folder_throughput(cfg: dict) -> dict:
     from osediff.device import pick_decoder_dtype
     from osediff.pipeline import OSEDiffPipeline
 
-    pipe = OSEDiffPipeline.from_pretrained(cfg["base"], cfg["weights"], device=cfg["device"], dtype=cfg["dtype"])
+    pipe = OSEDiffPipeline.from_pretrained(cfg["base"], cfg["weights"], device=cfg["device"], dtype=cfg["dtype"],
+                                           prompts=[PROMPT])
     pipe.optimize(decoder_dtype=pick_decoder_dtype("auto", pipe.device, pipe.dtype))
     images = lr_images(cfg["size"], cfg["count"])
-    pipe.run(images[0], 4, "a photo")
+    pipe.run(images[0], 4, PROMPT)
     start = time.perf_counter()
     for image in images:
-        pipe.run(image, 4, "a photo")
+        pipe.run(image, 4, PROMPT)
     seconds = time.perf_counter() - start
     return {"images": len(images), "seconds": seconds, "images_per_s": len(images) / seconds,
             "peak_gib": peak_memory_gib(pipe.device)}
@@ -163,6 +190,8 @@ def main() -> None:
     parser.add_argument("--large", action="store_true", help="also 512->2048 (tiled); 1024->4096 on CUDA")
     parser.add_argument("--folder", type=int, default=0, help="throughput over this many 128 px images")
     parser.add_argument("--compile", action="store_true", help="torch.compile the UNet in (a)")
+    parser.add_argument("--preview-decoder", default=None,
+                        help="TAESD folder (AutoencoderTiny) for the preview row; default: random weights")
     parser.add_argument("--random-model", type=Path, default=Path("/tmp/osediff-sd21-full"))
     args = parser.parse_args()
     if args.child:
@@ -198,6 +227,12 @@ def main() -> None:
         multistep = in_subprocess({**common, "method": "multistep", "size": size, "dtype": dtype,
                                    "steps": args.steps})
         print(row(f"(c) {args.steps}-step {label}", multistep, ours), flush=True)
+        control = in_subprocess({**common, "method": "multistep+control", "size": size, "dtype": dtype,
+                                 "steps": args.steps})
+        print(row(f"(c+) {args.steps}-step + ControlNet {label}", control, ours), flush=True)
+        preview = in_subprocess({**common, "method": "preview", "size": size, "dtype": dtype,
+                                 "preview_decoder": args.preview_decoder})
+        print(row(f"(a) ours, --preview-decoder {label}", preview, ours), flush=True)
     if args.large:
         for size in (512, 1024) if device.type == "cuda" else (512,):
             big = in_subprocess({**common, "method": "ours", "size": size, "dtype": dtype, "repeats": 0})
