@@ -239,7 +239,8 @@ def main() -> None:
             print(row(f"(a) ours {size}->{size * 4} tiled", big, None), flush=True)
     if args.folder:
         result = in_subprocess({**common, "method": "folder", "size": 128, "count": args.folder, "dtype": dtype})
-        print(f"\nfolder of {args.folder} x 128->512: {result.get('images_per_s', float('nan')):.2f} images/s, "
+        print(f"\nfolder of {args.folder} x 128->512: {result.get('images_per_s', float('nan')):.3f} images/s "
+              f"({result.get('seconds', float('nan')) / args.folder:.2f} s/image), "
               f"peak {result.get('peak_gib', float('nan')):.2f} GiB {result.get('error', '')}")
 
 

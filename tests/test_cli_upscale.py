@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from osediff.cli import main
+from osediff.pipeline import OSEDiffPipeline
 
 
 @pytest.fixture
@@ -167,6 +168,22 @@ def test_processes_share_the_inputs_without_gaps_or_overlap(cli, tmp_path, monke
     assert written == [["im0.png", "im2.png", "im4.png"], ["im1.png", "im3.png"]]
 
 
+def test_inputs_that_would_write_the_same_output_fail_instead_of_overwriting(cli, tmp_path, capsys):
+    src, other, out = tmp_path / "in", tmp_path / "other", tmp_path / "out"
+    src.mkdir()
+    other.mkdir()
+    Image.new("RGB", (8, 8), (200, 20, 20)).save(src / "a.png")
+    Image.new("RGB", (8, 8), (20, 200, 20)).save(src / "a.jpg")
+    Image.new("RGB", (8, 8), (20, 20, 200)).save(other / "a.png")
+    Image.new("RGB", (8, 8), (20, 20, 200)).save(other / "b.png")
+    assert cli(str(src), str(other), "-o", str(out), "-s", "2") == 1
+    err = capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["a.png", "b.png"]
+    assert err.count("is already that of") == 2 and f"{src / 'a.jpg'}" in err and f"{other / 'a.png'}" in err
+    # the first input in order (a.jpg, green) keeps its result; neither red nor blue overwrote it
+    assert np.asarray(Image.open(out / "a.png")).mean(axis=(0, 1)).argmax() == 1
+
+
 def test_prompt_extractor_runs_batched_once_per_image(cli, tmp_path, monkeypatch):
     from osediff.prompts import base
 
@@ -180,6 +197,15 @@ def test_prompt_extractor_runs_batched_once_per_image(cli, tmp_path, monkeypatch
         return extract
 
     monkeypatch.setitem(base._REGISTRY, "counting", factory)
+    kept = []
+    keep_only_prompts = OSEDiffPipeline.keep_only_prompts
+
+    def record(pipe, prompts):
+        kept.append(list(prompts))
+        keep_only_prompts(pipe, prompts)
+        assert pipe.prompt_extractor is None and pipe.text_encoder is None
+
+    monkeypatch.setattr(OSEDiffPipeline, "keep_only_prompts", record)
     src, out = tmp_path / "in", tmp_path / "out"
     src.mkdir()
     for i in range(3):
@@ -188,6 +214,7 @@ def test_prompt_extractor_runs_batched_once_per_image(cli, tmp_path, monkeypatch
     assert cli(str(src), "-o", str(out), "-s", "2", "--prompt-extractor", "counting", "--prompt-batch-size", "2",
                "--prompt", "u", "--save-prompts") == 1
     assert batches == [[(16, 16), (18, 16)], [(20, 16)]]  # the broken file is dropped from its batch
+    assert kept == [["tag2, u,"]]  # the prompt models are freed once the last chunk's prompts are known
     assert [(out / f"im{i}.txt").read_text() for i in range(3)] == ["tag1, u,\n", "tag1, u,\n", "tag2, u,\n"]
     (out / "im2.txt").unlink()
     out2 = tmp_path / "out2"

@@ -11,6 +11,7 @@ from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 from peft import LoraConfig
 from PIL import Image
 
+from osediff.components import encode_text
 from osediff.pipeline import OSEDiffPipeline, TileConfig
 
 
@@ -208,6 +209,17 @@ def test_tiled_vae_through_the_pipeline_matches_untiled(fresh_components, tiny_w
     diff = (tiled - untiled).abs().max().item()
     print(f"max |tiled VAE - untiled| = {diff:.2e}")
     assert diff < 1e-4
+
+
+def test_keep_only_prompts_frees_the_prompt_models(fresh_components):
+    pipe = OSEDiffPipeline(fresh_components, prompt_extractor=lambda images, prompt="": ["x"] * len(images),
+                           prompt_cache_size=1)
+    expected = encode_text(pipe.tokenizer, pipe.text_encoder, "b")
+    pipe.keep_only_prompts(["a", "b", "a"])
+    assert pipe.text_encoder is None and pipe.prompt_extractor is None
+    assert torch.equal(pipe.encode_prompt("b"), expected) and pipe.encode_prompt("a").shape == expected.shape
+    with pytest.raises(RuntimeError, match="not among the prompts"):
+        pipe.encode_prompt("c")
 
 
 def test_tiled_vae_keeps_its_maps_on_the_cpu_when_they_would_crowd_the_gpu(monkeypatch):

@@ -12,11 +12,12 @@ with sf the VAE scaling factor and abar_999 the DDPM cumulative alpha at the las
 
 from __future__ import annotations
 
+import gc
 import math
 import os
 import time
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Literal
@@ -30,7 +31,7 @@ from .checkpoint.hub import DEFAULT_WEIGHTS, WEIGHTS_MIRRORS, resolve_base, reso
 from .checkpoint.weights import OSEDiffWeights
 from .color import ALIGN_METHODS, align_colors
 from .components import BaseComponents, encode_text, load_base_components, load_text_encoder
-from .device import pick_device, pick_dtype
+from .device import pick_device, pick_dtype, release_free_heap
 from .lora import VAE_ADAPTER, attach_lora_adapters, merge_lora
 from .prompts.base import PromptExtractor
 from .tiling.latent import tiled_apply
@@ -172,6 +173,22 @@ class OSEDiffPipeline:
 
     def clear_prompt_cache(self) -> None:
         self._prompt_cache.clear()
+
+    def keep_only_prompts(self, prompts: Iterable[str]) -> None:
+        """Encode ``prompts`` now, then free the prompt extractor and the text encoder.
+
+        For the end of a batch: the last images' prompts are known, so the models that make and
+        encode prompts (DAPE's RAM-Swin-L and CLIP's text encoder, ~2.9 GB in fp32) need not stay
+        resident while the UNet and VAE run. Afterwards only cached prompts can be used.
+        """
+        prompts = list(dict.fromkeys(prompts))
+        self._prompt_cache_size = max(self._prompt_cache_size, len(prompts))
+        for prompt in prompts:
+            self.encode_prompt(prompt)
+        self.prompt_extractor = None
+        self.text_encoder = None
+        gc.collect()
+        release_free_heap()
 
     @property
     def device(self) -> torch.device:

@@ -75,6 +75,20 @@ def output_path(src: Path, outdir: Path, fmt: str) -> Path:
     return outdir / f"{src.stem}{suffix}"
 
 
+def output_clashes(files: list[Path], outdir: Path, fmt: str) -> dict[Path, Path]:
+    """Inputs whose output file an earlier input already claims (a.png and a.jpg, or one name in
+    two folders), mapped to that earlier input: writing them would replace its result."""
+    owner: dict[Path, Path] = {}
+    clashes = {}
+    for src in files:
+        dst = output_path(src, outdir, fmt)
+        if dst in owner:
+            clashes[src] = owner[dst]
+        else:
+            owner[dst] = src
+    return clashes
+
+
 def shard(items: list[Path]) -> tuple[list[Path], int, int]:
     """This process's share under accelerate/torchrun; all of it otherwise."""
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
@@ -86,7 +100,9 @@ def run(args: argparse.Namespace) -> int:
 
     from ..images import ImageLoadError, collect_inputs, load_image, save_image_atomic, write_text_atomic
 
-    files, rank, world = shard(collect_inputs(args.inputs))
+    inputs = collect_inputs(args.inputs)
+    clashes = output_clashes(inputs, args.output, args.format)  # over all inputs: ranks must agree
+    files, rank, world = shard(inputs)
     if not files:
         print("error: no input images found", file=sys.stderr)
         return 2
@@ -115,12 +131,18 @@ def run(args: argparse.Namespace) -> int:
     for first in range(0, len(todo), chunk_size):
         images = {}
         for src in todo[first:first + chunk_size]:
+            if src in clashes:
+                fail(f"{src}: its output {output_path(src, args.output, args.format)} is already that of "
+                     f"{clashes[src]}; rename one of them or run it separately")
+                continue
             try:
                 images[src] = load_image(src, max_pixels=args.max_pixels)
             except ImageLoadError as err:
                 fail(str(err))
         try:
             prompts = _chunk_prompts(pipe, images, args, user_prompt)
+            if pipe.prompt_extractor is not None and first + chunk_size >= len(todo):
+                pipe.keep_only_prompts(prompts.values())  # last chunk: free DAPE and CLIP before the SR
         except (RuntimeError, ValueError, OSError) as err:
             for src in images:
                 fail(f"{src}: {_first_line(err)}")
