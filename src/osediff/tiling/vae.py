@@ -16,7 +16,7 @@ own modules (so LoRA-merged weights and unmerged peft adapters work unchanged), 
 * where a map would take ``recompute_above`` bytes or more (2048x2048 and up), resnets recompute
   their inner map instead of storing it and write over their input, and the decoder recomputes
   the upsampled map inside the next resnet: one full-size map alive instead of two or three
-  (peak RSS of a CPU 512->2048 run: 12.3 GiB before, 7.3 GiB after, UNet weights included).
+  (peak RSS of a CPU 512->2048 run: 12.3 GiB before, 7.2 GiB after, UNet weights included).
 
 The result matches ``vae.quant_conv(vae.encoder(x))`` / ``vae.decoder(vae.post_quant_conv(z))``
 to float rounding. Maps between layers live on ``offload_device`` (default: the VAE's device);
