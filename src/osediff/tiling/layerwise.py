@@ -122,8 +122,8 @@ class TiledRunner:
     ``grid`` is the tiling at the input's resolution, scaled along with the maps. Each pass cuts
     it further where one tile of its input would exceed ``max_tile_elements`` (pixels x
     channels, counted at the output's size for upsampling passes), so the tile temporaries stay
-    bounded at the wide full-resolution layers; ``align``
-    is the downsampling still to come, which every tile bound must divide.
+    bounded at the wide full-resolution layers; ``align`` is the downsampling still to come,
+    which every tile bound must divide.
     """
 
     def __init__(self, grid: Grid, device: torch.device, dtype: torch.dtype, store: torch.device,
