@@ -74,7 +74,8 @@ def measure(cfg: dict) -> dict:
 
     authors = cfg["method"] == "authors"
     pipe = OSEDiffPipeline.from_pretrained(cfg["base"], cfg["weights"], device=cfg["device"], dtype=cfg["dtype"],
-                                           merge_lora=not authors, prompts=None if authors else [PROMPT, ""])
+                                           merge_lora=not authors,
+                                           prompts=None if authors else [PROMPT, ""])  # "": (c)'s unconditional
     device = pipe.device
     decoder_dtype = pick_decoder_dtype("auto", device, pipe.dtype)
     if not authors:
@@ -125,7 +126,7 @@ def cfg_unet_step(pipe, latent: int, repeats: int, control: bool = False) -> flo
     context = torch.cat([pipe.encode_prompt(PROMPT), pipe.encode_prompt("")])
     timestep = torch.tensor([500], device=pipe.device)
     controlnet = ControlNetModel.from_unet(pipe.unet).to(pipe.device, pipe.dtype) if control else None
-    condition = torch.rand(2, 3, latent * 8, latent * 8, device=pipe.device, dtype=pipe.dtype)
+    condition = torch.rand(2, 3, latent * 8, latent * 8, device=pipe.device, dtype=pipe.dtype) if control else None
     seconds = []
     with torch.no_grad():
         for _ in range(repeats + 1):

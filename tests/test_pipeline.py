@@ -226,7 +226,7 @@ def test_tiled_vae_keeps_its_maps_on_the_cpu_when_they_would_crowd_the_gpu(monke
     cuda, cpu = torch.device("cuda"), torch.device("cpu")
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (8 * 2**30, 80 * 2**30))
     auto = TileConfig()
-    # 2048x2048 fp16: 320 channels x 4 Mpx x 2 B = 2.5 GiB > 8 GiB free / 4
+    # 2048x2048 fp16: 384 channels x 4 Mpx x 2 B = 3 GiB > 8 GiB free / 4; 1024x1024: 0.75 GiB
     assert auto.vae_store(cuda, 2048 * 2048, torch.float16) == cpu
     assert auto.vae_store(cuda, 1024 * 1024, torch.float16) == cuda
     assert auto.vae_store(cpu, 8192 * 8192, torch.float32) == cpu

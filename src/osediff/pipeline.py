@@ -37,8 +37,9 @@ from .prompts.base import PromptExtractor
 from .tiling.latent import tiled_apply
 
 TIMESTEP = 999
-# channels of the full-resolution maps alive at once in the tiled VAE decoder's widest layer
-_LIVE_MAP_CHANNELS = 320
+# full-resolution channels the tiled SD decoder stores at once when it does not recompute: the
+# upsampled 256-channel map plus the first resnet's 128-channel inner map
+_LIVE_MAP_CHANNELS = 256 + 128
 LatentMode = Literal["mode", "sample"]
 
 
