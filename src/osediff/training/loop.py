@@ -44,6 +44,26 @@ def step_generator(seed: int, micro_step: int, rank: int, stream: int, device: t
     return torch.Generator(device=device).manual_seed(int(state[0] >> np.uint64(1)))
 
 
+def optimiser_step(accelerator, loss: torch.Tensor, model: torch.nn.Module, optimizer, scheduler,
+                   max_grad_norm: float) -> None:
+    """Backward ``loss`` and, at the end of an accumulation window, clip and step this one optimiser.
+
+    Only ``optimizer``'s gradients are unscaled: ``accelerator.clip_grad_norm_`` unscales every prepared
+    optimiser, so under fp16 the critic's gradients accumulated so far were divided by the loss scale a
+    second time by its own clip, and it learnt from the last micro-batch of each window only. (The shared
+    GradScaler may still change its scale at the generator's step, between the critic's last two
+    micro-batches; that happens on overflow or once per growth interval and only reweights one window.)
+    """
+    accelerator.backward(loss)
+    if accelerator.sync_gradients:
+        accelerator.unscale_gradients(optimizer)
+        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], max_grad_norm)
+    optimizer.step()
+    if accelerator.sync_gradients and not optimizer.step_was_skipped:
+        scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
 class Trainer:
     """Holds the models, optimisers and data of one run; ``fit`` trains, ``export`` writes weights."""
 
@@ -191,24 +211,14 @@ class Trainer:
             with acc.autocast():
                 out = generator_losses(self.gen, self.regulariser, self.lpips, x_lq, x_hq, prompt_embeds,
                                        negative_embeds, self.scheduler, cfg.loss, rng, critic=self.critic)
-            self._update(out.total, self.gen, self.opt_g, self.sched_g)
+            optimiser_step(acc, out.total, self.gen, self.opt_g, self.sched_g, cfg.optim.max_grad_norm)
             if self.critic is not None:
                 with acc.autocast():
                     loss_c = critic_loss(out, x_hq, prompt_embeds, self.scheduler, cfg.loss, rng, self.critic)
-                self._update(loss_c, self.critic, self.opt_c, self.sched_c)
+                optimiser_step(acc, loss_c, self.critic, self.opt_c, self.sched_c, cfg.optim.max_grad_norm)
                 out.terms["critic"] = loss_c.detach()
         self.counters["micro_step"] += 1
         return out
-
-    def _update(self, loss: torch.Tensor, model, optimizer, scheduler) -> None:
-        acc = self.accelerator
-        acc.backward(loss)
-        if acc.sync_gradients:
-            acc.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], self.config.optim.max_grad_norm)
-        optimizer.step()
-        if acc.sync_gradients and not optimizer.step_was_skipped:
-            scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
 
     def fit(self, max_steps: int | None = None, progress: bool = True) -> TrainResult:
         from tqdm.auto import tqdm
