@@ -198,6 +198,14 @@ def test_beta_draws_split_at_one() -> None:
     assert all(1.5 <= K._sample_beta(g, (1.5, 3.0)) <= 3.0 for _ in range(50))
 
 
+def test_plateau_beta_is_one_half_of_the_time() -> None:
+    """The plateau range [1, 2] touches 1: BasicSR's lower branch U(1, 1) gives beta = 1 exactly."""
+    g = torch.Generator().manual_seed(4)
+    betas = [K._sample_beta(g, (1.0, 2.0)) for _ in range(400)]
+    ones = sum(b == 1.0 for b in betas) / len(betas)
+    assert 0.43 < ones < 0.57 and min(betas) >= 1.0 and max(betas) <= 2.0
+
+
 def test_kernel_closed_forms() -> None:
     sx, sy = 1.5, 0.7
     k = K.gaussian_kernel(21, sx, sx).double()

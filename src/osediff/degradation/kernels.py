@@ -114,10 +114,10 @@ def delta_kernel(size: int) -> torch.Tensor:
 
 def _sample_beta(generator: torch.Generator, beta_range: tuple[float, float]) -> float:
     """BasicSR draws β below or above 1 with equal odds, U(β_lo, 1) or U(1, β_hi), so shapes sharper and
-    flatter than the Gaussian are equally common. With the plateau range [1, 2] this gives β = 1 half of
-    the time; kept to match the authors' distribution. A range not straddling 1 is drawn uniformly."""
+    flatter than the Gaussian are equally common. With the plateau range [1, 2] the lower half is U(1, 1):
+    β = 1 exactly, half of the time, as in the authors' data. A range not containing 1 is drawn uniformly."""
     low, high = float(beta_range[0]), float(beta_range[1])
-    if not low < 1.0 < high:
+    if not low <= 1.0 <= high:
         return uniform(generator, low, high)
     if bernoulli(generator, 0.5):
         return uniform(generator, low, 1.0)
