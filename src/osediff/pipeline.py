@@ -13,7 +13,6 @@ with sf the VAE scaling factor and abar_999 the DDPM cumulative alpha at the las
 from __future__ import annotations
 
 import gc
-import math
 import os
 import time
 from collections import OrderedDict
@@ -32,11 +31,11 @@ from .checkpoint.weights import OSEDiffWeights
 from .color import ALIGN_METHODS, align_colors
 from .components import BaseComponents, encode_text, load_base_components, load_text_encoder
 from .device import pick_device, pick_dtype, release_free_heap
+from .diffusion import ONE_STEP_TIMESTEP, predict_x0
 from .lora import VAE_ADAPTER, attach_lora_adapters, merge_lora
 from .prompts.base import PromptExtractor
 from .tiling.latent import tiled_apply
 
-TIMESTEP = 999
 # full-resolution channels the tiled SD decoder stores at once when it does not recompute: the
 # upsampled 256-channel map plus the first resnet's 128-channel inner map
 _LIVE_MAP_CHANNELS = 256 + 128
@@ -92,7 +91,7 @@ class OSEDiffPipeline:
         self.scheduler = components.scheduler
         self.prompt_extractor = prompt_extractor
         self.preview_decoder: torch.nn.Module | None = None
-        self.alpha_bar = float(self.scheduler.alphas_cumprod[TIMESTEP])
+        self.alpha_bar = float(self.scheduler.alphas_cumprod[ONE_STEP_TIMESTEP])
         self._prompt_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
         self._prompt_cache_size = prompt_cache_size
 
@@ -232,10 +231,14 @@ class OSEDiffPipeline:
         return z * self.vae.config.scaling_factor
 
     def predict_noise(self, z: torch.Tensor, embedding: torch.Tensor, tiles: TileConfig) -> torch.Tensor:
-        timestep = torch.tensor([TIMESTEP], device=self.device)
+        """eps = UNet(z, 999, c); ``embedding`` holds one prompt for all of ``z`` or one per sample."""
+        timestep = torch.tensor([ONE_STEP_TIMESTEP], device=self.device)
 
         def unet(latents: torch.Tensor) -> torch.Tensor:
-            context = embedding.expand(latents.shape[0], -1, -1)
+            # tiles arrive as whole copies of the batch, one after the other
+            repeats = latents.shape[0] // embedding.shape[0]
+            context = (embedding.expand(latents.shape[0], -1, -1) if embedding.shape[0] == 1
+                       else embedding.repeat(repeats, 1, 1))
             return self.unet(latents.to(self.dtype), timestep, encoder_hidden_states=context).sample
 
         if not tiles.enabled:
@@ -244,8 +247,7 @@ class OSEDiffPipeline:
 
     def denoise(self, z: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
         """One DDPM step from t=999 straight to x0, in fp32: eps errors are amplified 1/sqrt(abar)."""
-        ab = self.alpha_bar
-        return (z.float() - math.sqrt(1 - ab) * eps.float()) / math.sqrt(ab)
+        return predict_x0(z, eps, self.alpha_bar)
 
     def decode_latent(self, z: torch.Tensor, tiles: TileConfig) -> torch.Tensor:
         """x = D(z / sf).clamp(-1, 1)."""
@@ -273,31 +275,51 @@ class OSEDiffPipeline:
             raise ValueError(f"latent must be 'mode' or 'sample', got {latent!r}")
 
     @torch.no_grad()
-    def run(self, image: Image.Image, upscale: float = 4.0, prompt: str | None = None, *, align: str = "adain",
-            tiles: TileConfig | None = None, latent: LatentMode = "mode", seed: int | None = None,
-            alpha: Image.Image | None = None, extract_prompt: bool = True,
-            output_type: Literal["pil", "pt"] = "pil") -> SRResult:
+    def run(self, image: Image.Image, upscale: float = 4.0, prompt: str | None = None, *,
+            alpha: Image.Image | None = None, **kwargs) -> SRResult:
         """Super-resolve one RGB image; returns the image, the prompt used and per-stage seconds.
 
-        With ``extract_prompt=False`` the prompt extractor is bypassed and ``prompt`` used as is
-        (e.g. a prompt saved by an earlier run).
+        Keyword arguments are those of :meth:`run_batch`. With ``extract_prompt=False`` the prompt
+        extractor is bypassed and ``prompt`` used as is (e.g. a prompt saved by an earlier run).
+        """
+        return self.run_batch([image], upscale, [prompt], alphas=[alpha], **kwargs)[0]
+
+    @torch.no_grad()
+    def run_batch(self, images: Sequence[Image.Image], upscale: float = 4.0,
+                  prompts: Sequence[str | None] | None = None, *, align: str = "adain",
+                  tiles: TileConfig | None = None, latent: LatentMode = "mode", seed: int | None = None,
+                  alphas: Sequence[Image.Image | None] | None = None, extract_prompt: bool = True,
+                  output_type: Literal["pil", "pt"] = "pil") -> list[SRResult]:
+        """Super-resolve RGB images of one size together: one VAE encode, one UNet and one decode call.
+
+        ``prompts`` (one per image) are the user's text; the timings of each result are the batch's.
+        ``latent="sample"`` with ``seed`` draws the whole batch from one seeded generator.
         """
         self.check_inputs(upscale, align, latent)
+        images = list(images)
+        prompts = list(prompts) if prompts is not None else [None] * len(images)
+        alphas = list(alphas) if alphas is not None else [None] * len(images)
+        if not (len(images) == len(prompts) == len(alphas)):
+            raise ValueError(f"{len(images)} images, {len(prompts)} prompts and {len(alphas)} alphas differ in number")
+        if len({image.size for image in images}) > 1:
+            raise ValueError(f"run_batch needs images of one size, got {sorted({i.size for i in images})}")
+        if not images:
+            return []
         tiles = tiles or TileConfig()
         timings: dict[str, float] = {}
 
         # 1. bicubic pre-upscale to exactly round(s * size), then pad to the VAE's multiple of 8
-        upscaled = bicubic_upscale(image, upscale)
-        width, height = upscaled.size
-        x_l = _to_tensor(upscaled)
+        upscaled = [bicubic_upscale(image, upscale) for image in images]
+        width, height = upscaled[0].size
+        x_l = torch.cat([_to_tensor(image) for image in upscaled])
         padded = _pad_to_multiple(x_l * 2 - 1, 8)
 
-        # 2. prompt: user text, or an extractor looking at the pre-upscaled image
+        # 2. prompts: the user's text, or an extractor looking at the pre-upscaled images
         with _timed(timings, "prompt", self.device):
             if self.prompt_extractor is not None and extract_prompt:
-                prompt = self.prompt_extractor([upscaled], prompt or "")[0]
-            prompt = prompt or ""
-            embedding = self.encode_prompt(prompt)
+                prompts = self._extract_prompts(upscaled, prompts)
+            prompts = [prompt or "" for prompt in prompts]
+            embedding = self._prompt_embeddings(prompts)
 
         # 3. z_L = sf * E(x_L)
         with _timed(timings, "vae_encode", self.device):
@@ -312,13 +334,33 @@ class OSEDiffPipeline:
         # 5. decode, crop the padding away, colour-align to the pre-upscaled input
         with _timed(timings, "vae_decode", self.device):
             x_h = self.decode_latent(z_h, tiles)[..., :height, :width]
-            out = align_colors((x_h + 1) / 2, x_l.to(x_h.device), align).clamp(0, 1)[0].cpu()
+            out = align_colors((x_h + 1) / 2, x_l.to(x_h.device), align).clamp(0, 1).cpu()
         if output_type == "pt":
-            return SRResult(out, prompt, timings)
-        result = Image.fromarray((out.permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8))
-        if alpha is not None:
-            result.putalpha(alpha.resize((width, height), Image.BICUBIC))
-        return SRResult(result, prompt, timings)
+            return [SRResult(sample, prompt, dict(timings)) for sample, prompt in zip(out, prompts, strict=True)]
+        pixels = (out.permute(0, 2, 3, 1).numpy() * 255 + 0.5).astype(np.uint8)
+        results = []
+        for array, prompt, alpha in zip(pixels, prompts, alphas, strict=True):
+            result = Image.fromarray(array)
+            if alpha is not None:
+                result.putalpha(alpha.resize((width, height), Image.BICUBIC))
+            results.append(SRResult(result, prompt, dict(timings)))
+        return results
+
+    def _extract_prompts(self, upscaled: list[Image.Image], user_prompts: list[str | None]) -> list[str]:
+        """One extractor call per distinct user prompt (usually one for the whole batch)."""
+        extracted: list[str] = [""] * len(upscaled)
+        for user_prompt in dict.fromkeys(user_prompts):
+            indices = [i for i, p in enumerate(user_prompts) if p == user_prompt]
+            for i, prompt in zip(indices, self.prompt_extractor([upscaled[i] for i in indices], user_prompt or ""),
+                                 strict=True):
+                extracted[i] = prompt
+        return extracted
+
+    def _prompt_embeddings(self, prompts: list[str]) -> torch.Tensor:
+        """(1, 77, d) when every image has the same prompt, else (n, 77, d)."""
+        if len(set(prompts)) == 1:
+            return self.encode_prompt(prompts[0])
+        return torch.cat([self.encode_prompt(prompt) for prompt in prompts])
 
     def __call__(self, image: Image.Image | Sequence[Image.Image], upscale: float = 4.0,
                  prompt: str | None = None, **kwargs) -> Image.Image | list[Image.Image]:
