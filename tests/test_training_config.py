@@ -209,3 +209,30 @@ def test_checkpoints_are_pruned_and_incomplete_ones_ignored(tmp_path):
     with pytest.raises(ResumeError, match="not a checkpoint folder"):
         resolve_resume(str(root / "checkpoint-0000010"), tmp_path)
     assert resolve_resume("latest", tmp_path / "elsewhere") is None
+
+
+def test_degradation_values_are_typed_at_load_time(tmp_path):
+    """YAML reads 8e-1 as a string: converted once when the config loads, not found by the first sample."""
+    (tmp_path / "train.yaml").write_text("data:\n  degradation:\n    kernel_info: {final_sinc_prob: 8e-1}\n"
+                                         "    noise_range2: ['1', 2e1]\n")
+    degradation = TrainConfig.from_yaml(tmp_path / "train.yaml").degradation_config()
+    assert degradation.final_sinc_prob == 0.8 and isinstance(degradation.final_sinc_prob, float)
+    assert degradation.stage2.noise_range == (1.0, 20.0)
+    (tmp_path / "bad.yaml").write_text("data:\n  degradation: {final_sinc_prob: high}\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml: data\.degradation: final_sinc_prob: expected a number"):
+        TrainConfig.from_yaml(tmp_path / "bad.yaml")
+    with pytest.raises(ConfigError, match=r"data\.degradation: stage1\.blur\.kernel_size: expected an integer"):
+        TrainConfig.from_dict({"data": {"degradation": {"kernel_info": {"blur_kernel_size": 21.5}}}})
+
+
+def test_training_errors_are_osediff_errors():
+    from osediff.degradation import DegradationConfig
+    from osediff.errors import OSEDiffError
+    from osediff.losses import LPIPSWeightsError
+    from osediff.training.checkpointing import ResumeError
+
+    for error in (ConfigError, ResumeError, LPIPSWeightsError):
+        assert issubclass(error, OSEDiffError), error
+    assert issubclass(ConfigError, ValueError) and issubclass(ResumeError, ValueError)
+    with pytest.raises(ConfigError, match="final_sinc_prob"):
+        DegradationConfig.from_dict({"final_sinc_prob": "8e-1x"})

@@ -41,8 +41,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
 
     from ..checkpoint.hub import ModelNotFoundError
-    from ..losses import LPIPSWeightsError
-    from ..training.checkpointing import ResumeError
+    from ..errors import OSEDiffError
     from ..training.loop import Trainer
 
     try:
@@ -55,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
             paths = trainer.export()
         else:
             paths = trainer.fit().exported
-    except (ModelNotFoundError, LPIPSWeightsError, ResumeError, FileNotFoundError, ValueError) as err:
+    except (OSEDiffError, ModelNotFoundError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     for path in paths:

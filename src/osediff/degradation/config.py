@@ -11,7 +11,11 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
+
+from ..typed_config import ConfigError, build
+
+T = TypeVar("T")
 
 KERNEL_TYPES = ("iso", "aniso", "generalized_iso", "generalized_aniso", "plateau_iso", "plateau_aniso")
 RESIZE_MODES = ("area", "bilinear", "bicubic")
@@ -144,12 +148,22 @@ class DegradationConfig:
     def from_dict(cls, data: Mapping[str, Any]) -> DegradationConfig:
         """Build from a nested dict (as :meth:`to_dict`) or the authors' flat YAML layout.
 
-        Missing keys keep their defaults; unknown keys raise ``ValueError`` naming the key.
+        Missing keys keep their defaults; unknown keys, values of the wrong type (converted where safe,
+        as a YAML number read as a string) and invalid values raise :class:`ConfigError` naming the key.
         """
-        if not isinstance(data, Mapping):
-            raise ValueError(f"degradation config must be a mapping, got {type(data).__name__}")
-        nested = _flat_to_nested(data)
-        return _build(cls(), nested, "")
+        return build_config(cls(), data)
+
+
+def build_config(default: T, data: Mapping[str, Any]) -> T:
+    """``default`` (a degradation config) updated from a nested or flat mapping, typed and validated."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"degradation config must be a mapping, got {type(data).__name__}")
+    try:
+        return build(default, _flat_to_nested(data))
+    except ConfigError:
+        raise
+    except ValueError as err:  # the configs' own validation
+        raise ConfigError(str(err)) from None
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -172,7 +186,7 @@ def _flat_to_nested(data: Mapping[str, Any]) -> dict[str, Any]:
         for part in path[:-1]:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
-                raise ValueError(f"degradation config key {'.'.join(path)!r} conflicts with a scalar")
+                raise ConfigError(f"degradation config key {'.'.join(path)!r} conflicts with a scalar")
         node[path[-1]] = value
 
     def merge(path: tuple[str, ...], value: Any) -> None:
@@ -186,7 +200,7 @@ def _flat_to_nested(data: Mapping[str, Any]) -> dict[str, Any]:
         key = str(key)
         if key == "kernel_info":
             if not isinstance(value, Mapping):
-                raise ValueError("degradation config key 'kernel_info' must be a mapping")
+                raise ConfigError("degradation config key 'kernel_info' must be a mapping")
             for kkey, kval in value.items():
                 kkey = str(kkey)
                 if kkey == "final_sinc_prob":
@@ -196,7 +210,7 @@ def _flat_to_nested(data: Mapping[str, Any]) -> dict[str, Any]:
                 elif kkey.endswith("2") and kkey[:-1] in _BLUR_KEYS:
                     put(("stage2", "blur", _BLUR_KEYS[kkey[:-1]]), kval)
                 else:
-                    raise ValueError(f"unknown degradation config key 'kernel_info.{kkey}'")
+                    raise ConfigError(f"unknown key 'kernel_info.{kkey}'")
         elif key in _STAGE_KEYS:
             put(("stage1", key), value)
         elif key.endswith("2") and key[:-1] in _STAGE_KEYS:
@@ -208,29 +222,6 @@ def _flat_to_nested(data: Mapping[str, Any]) -> dict[str, Any]:
         else:
             merge((key,), value)  # nested layout; checked against the dataclasses in _build
     return out
-
-
-def _build(default: Any, data: Mapping[str, Any], prefix: str) -> Any:
-    """``default`` (a dataclass instance) with the keys of ``data`` replaced, recursing into sub-configs
-    so that a partial sub-dict keeps the other defaults of *that* stage (stage 2 differs from stage 1)."""
-    names = {f.name for f in dataclasses.fields(default)}
-    kwargs: dict[str, Any] = {}
-    for key, value in data.items():
-        name = f"{prefix}{key}"
-        if key not in names:
-            raise ValueError(f"unknown degradation config key {name!r}")
-        current = getattr(default, key)
-        if dataclasses.is_dataclass(current):
-            if not isinstance(value, Mapping):
-                raise ValueError(f"degradation config key {name!r} must be a mapping")
-            kwargs[key] = _build(current, value, f"{name}.")
-        elif isinstance(current, tuple):
-            if isinstance(value, str | bytes | Mapping) or not hasattr(value, "__iter__"):
-                raise ValueError(f"degradation config key {name!r} must be a list, got {value!r}")
-            kwargs[key] = tuple(value)
-        else:
-            kwargs[key] = value
-    return dataclasses.replace(default, **kwargs)
 
 
 def _plain(value: Any) -> Any:

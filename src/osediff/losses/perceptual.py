@@ -12,8 +12,10 @@ import warnings
 import torch
 from torch import nn
 
+from ..errors import OSEDiffError
 
-class LPIPSWeightsError(RuntimeError):
+
+class LPIPSWeightsError(OSEDiffError, RuntimeError):
     """The VGG16 ImageNet weights LPIPS needs are neither cached nor downloadable."""
 
 

@@ -23,11 +23,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..errors import OSEDiffError
+
 PREFIX = "checkpoint-"
 _NAME = re.compile(rf"^{PREFIX}(\d+)$")
 
 
-class ResumeError(ValueError):
+class ResumeError(OSEDiffError, ValueError):
     """``--resume`` names nothing usable."""
 
 

@@ -9,12 +9,11 @@ batch 4 with 4 accumulation steps, fp16, gradient clipping at 1.0.
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
+
+from ..typed_config import ConfigError, build
 
 if TYPE_CHECKING:
     from ..degradation import DegradationConfig
@@ -25,10 +24,6 @@ DEFAULT_NEGATIVE_PROMPT = (
     "blurring, dirty, messy, worst quality, low quality, frames, watermark, signature, jpeg artifacts, deformed, "
     "lowres, over-smooth"
 )
-
-
-class ConfigError(ValueError):
-    """A training configuration that cannot be used; the message names the key."""
 
 
 @dataclass
@@ -131,7 +126,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, raw: dict[str, Any] | None, base_dir: str | Path | None = None) -> TrainConfig:
         """Build from a plain dict; relative data paths are taken relative to ``base_dir``."""
-        config = _build(cls, raw or {}, "")
+        config = build(cls, _expand_shorthands(raw or {}), "")
         config._validate()
         if base_dir is not None:
             config._resolve_paths(Path(base_dir))
@@ -187,7 +182,7 @@ class TrainConfig:
 
         try:
             return DegradationConfig.from_dict({**self.data.degradation, "scale": self.data.scale})
-        except ValueError as err:
+        except ConfigError as err:
             raise ConfigError(f"data.degradation: {err}") from None
 
     def _resolve_paths(self, base_dir: Path) -> None:
@@ -202,70 +197,11 @@ class TrainConfig:
             self.prompts.cache = absolute(self.prompts.cache)
 
 
-def _build(cls: type, raw: Any, where: str) -> Any:
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{where or 'config'}: expected a mapping, got {type(raw).__name__}")
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    kwargs = {}
-    for key, value in raw.items():
-        path = f"{where}.{key}" if where else str(key)
-        if key not in names:
-            close = difflib.get_close_matches(str(key), names, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else f"; known keys: {', '.join(names)}"
-            raise ConfigError(f"unknown key {path!r}{hint}")
-        kwargs[key] = _coerce(hints[key], value, path)
-    return cls(**kwargs)
-
-
-def _coerce(hint: Any, value: Any, path: str) -> Any:
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
-    if dataclasses.is_dataclass(hint):
-        if hint is DataSource and isinstance(value, str):  # a bare path means weight 1
-            value = {"path": value}
-        return _build(hint, value, path)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        return _coerce(inner[0], value, path)
-    if origin is Literal:
-        if value not in args:
-            raise ConfigError(f"{path}: {value!r} is not one of {', '.join(map(repr, args))}")
-        return value
-    if origin is list:
-        if not isinstance(value, list):
-            raise ConfigError(f"{path}: expected a list, got {type(value).__name__}")
-        return [_coerce(args[0], v, f"{path}[{i}]") for i, v in enumerate(value)]
-    if origin is tuple:
-        if not isinstance(value, list | tuple) or len(value) != len(args):
-            raise ConfigError(f"{path}: expected a list of {len(args)} numbers")
-        return tuple(_coerce(a, v, f"{path}[{i}]") for i, (a, v) in enumerate(zip(args, value, strict=True)))
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{path}: expected a mapping, got {type(value).__name__}")
-        return dict(value)
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{path}: expected true or false, got {value!r}")
-        return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{path}: expected an integer, got {value!r}")
-        return value
-    if hint is float:
-        # YAML reads 5e-5 (no dot) as a string; accept numeric strings for floats only
-        if isinstance(value, str):
-            try:
-                value = float(value)
-            except ValueError:
-                raise ConfigError(f"{path}: expected a number, got {value!r}") from None
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(f"{path}: expected a number, got {value!r}")
-        return float(value)
-    if hint is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{path}: expected a string, got {value!r}")
-        return value
-    return value
+def _expand_shorthands(raw: Any) -> Any:
+    """A bare string in ``data.sources`` is a path with the default sampling."""
+    data = raw.get("data") if isinstance(raw, dict) else None
+    sources = data.get("sources") if isinstance(data, dict) else None
+    if isinstance(sources, list):
+        data = {**data, "sources": [{"path": s} if isinstance(s, str) else s for s in sources]}
+        raw = {**raw, "data": data}
+    return raw
