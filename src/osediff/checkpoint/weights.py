@@ -21,13 +21,14 @@ from pathlib import Path
 
 import torch
 
+from ..errors import OSEDiffError
 from ..lora import LORA_ALPHA, UNET_ADAPTERS
 
 FORMAT_NAME = "osediff-lora"
 FORMAT_VERSION = 1
 
 
-class CheckpointError(ValueError):
+class CheckpointError(OSEDiffError, ValueError):
     """A weights file that cannot be read as an OSEDiff checkpoint."""
 
 

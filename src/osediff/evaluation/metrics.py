@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from ..errors import OSEDiffError
 from .network import downloads_disabled, is_network_error
 from .niqe_params import NiqeParamsError, find_niqe_params, how_to
 
@@ -70,7 +71,7 @@ def spec_for(name: str) -> MetricSpec:
                       config.get("metric_mode") == "FR", per_folder="fid" in name)
 
 
-class MetricUnavailable(RuntimeError):
+class MetricUnavailable(OSEDiffError, RuntimeError):
     """A metric that cannot be built here; the message is the one-line reason shown to the user."""
 
 

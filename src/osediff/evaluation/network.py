@@ -13,6 +13,8 @@ import socket
 import urllib.error
 from collections.abc import Iterator
 
+from ..errors import OSEDiffError
+
 # exception class names from requests, httpx and huggingface_hub that mean "could not fetch"
 _NETWORK_ERROR_NAMES = {
     "ConnectError", "ConnectTimeout", "ConnectionError", "ReadTimeout", "Timeout", "TransportError",
@@ -20,7 +22,7 @@ _NETWORK_ERROR_NAMES = {
 }
 
 
-class DownloadsDisabledError(ConnectionError):
+class DownloadsDisabledError(OSEDiffError, ConnectionError):
     """Raised for any connection attempt made while downloads are switched off."""
 
 

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from ..checkpoint.hub import cache_dir
+from ..errors import OSEDiffError
 
 ENV_VAR = "OSEDIFF_NIQE_PARAMS"
 PYIQA_FILE = "niqe_modelparameters.mat"
@@ -38,7 +39,7 @@ def how_to() -> str:
             f"or pass the .tar.gz with --niqe-params / ${ENV_VAR}")
 
 
-class NiqeParamsError(ValueError):
+class NiqeParamsError(OSEDiffError, ValueError):
     """A parameter file that is missing or does not hold NIQE's pristine model."""
 
 

@@ -7,15 +7,33 @@ importing torch, timm or transformers; each factory loads its libraries when cal
 from .base import (
     EmptyPrompt,
     PromptExtractor,
+    UnknownPromptExtractorError,
     UserPrompt,
     available_prompt_extractors,
     compose_prompt,
     create_prompt_extractor,
+    extractor_needs_model,
     register_prompt_extractor,
+    resolve_extractor_files,
 )
 
 
-@register_prompt_extractor("dape")
+def _ram_files(*, use_dape: bool):
+    def resolve(*, ram=None, dape=None, ram_tags=None, captioner=None, local_files_only=False) -> dict:
+        from .files import resolve_ram_files
+
+        return resolve_ram_files(ram, dape, ram_tags, use_dape=use_dape, local_files_only=local_files_only)
+
+    return resolve
+
+
+def _caption_files(*, ram=None, dape=None, ram_tags=None, captioner=None, local_files_only=False) -> dict:
+    from .files import resolve_captioner
+
+    return {"model": resolve_captioner(captioner, local_files_only=local_files_only)}
+
+
+@register_prompt_extractor("dape", files=_ram_files(use_dape=True))
 def _dape(**kwargs) -> PromptExtractor:
     """RAM + DAPE LoRA tags (OSEDiff inference); see :func:`osediff.prompts.dape.create_dape_extractor`."""
     from .dape import create_dape_extractor
@@ -23,7 +41,7 @@ def _dape(**kwargs) -> PromptExtractor:
     return create_dape_extractor(**kwargs)
 
 
-@register_prompt_extractor("ram")
+@register_prompt_extractor("ram", files=_ram_files(use_dape=False))
 def _ram(**kwargs) -> PromptExtractor:
     """Plain RAM tags (OSEDiff training); see :func:`osediff.prompts.dape.create_plain_ram_extractor`."""
     from .dape import create_plain_ram_extractor
@@ -31,7 +49,7 @@ def _ram(**kwargs) -> PromptExtractor:
     return create_plain_ram_extractor(**kwargs)
 
 
-@register_prompt_extractor("caption")
+@register_prompt_extractor("caption", files=_caption_files)
 def _caption(**kwargs) -> PromptExtractor:
     """A transformers image-to-text model; see :func:`osediff.prompts.captioner.create_caption_extractor`."""
     from .captioner import create_caption_extractor
@@ -42,9 +60,12 @@ def _caption(**kwargs) -> PromptExtractor:
 __all__ = [
     "EmptyPrompt",
     "PromptExtractor",
+    "UnknownPromptExtractorError",
     "UserPrompt",
     "available_prompt_extractors",
     "compose_prompt",
     "create_prompt_extractor",
+    "extractor_needs_model",
     "register_prompt_extractor",
+    "resolve_extractor_files",
 ]

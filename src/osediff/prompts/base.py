@@ -7,22 +7,42 @@ image. Register a factory with :func:`register_prompt_extractor`; build one by n
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
-from typing import Protocol
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 from PIL import Image
+
+from ..errors import OSEDiffError
 
 
 class PromptExtractor(Protocol):
     def __call__(self, images: list[Image.Image], user_prompt: str = "") -> list[str]: ...
 
 
-_REGISTRY: dict[str, Callable[..., PromptExtractor]] = {}
+class UnknownPromptExtractorError(OSEDiffError, ValueError):
+    """A prompt extractor name that is not registered."""
 
 
-def register_prompt_extractor(name: str):
+# resolves an extractor's model files: (ram=, dape=, ram_tags=, captioner=, local_files_only=) -> factory kwargs
+FileResolver = Callable[..., dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class _Entry:
+    factory: Callable[..., PromptExtractor]
+    files: FileResolver | None  # None: the extractor loads no model
+
+
+_REGISTRY: dict[str, _Entry] = {}
+
+
+def register_prompt_extractor(name: str, *, files: FileResolver | None = None):
+    """Register a factory; ``files`` (for extractors that load a model) resolves its files first."""
+
     def decorate(factory: Callable[..., PromptExtractor]) -> Callable[..., PromptExtractor]:
-        _REGISTRY[name] = factory
+        _REGISTRY[name] = _Entry(factory, files)
         return factory
 
     return decorate
@@ -32,11 +52,38 @@ def available_prompt_extractors() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def _entry(name: str) -> _Entry:
+    if name not in _REGISTRY:
+        raise UnknownPromptExtractorError(f"unknown prompt extractor {name!r}; available: "
+                                          f"{', '.join(available_prompt_extractors())}")
+    return _REGISTRY[name]
+
+
+def extractor_needs_model(name: str) -> bool:
+    """Whether ``name`` loads a network (and so needs model files, a device and a dtype)."""
+    return _entry(name).files is not None
+
+
+def resolve_extractor_files(name: str, *, ram: str | os.PathLike | None = None,
+                            dape: str | os.PathLike | None = None, ram_tags: str | os.PathLike | None = None,
+                            captioner: str | os.PathLike | None = None,
+                            local_files_only: bool = False) -> dict[str, Any]:
+    """Every model file ``name`` needs, as local paths in its factory's keyword arguments.
+
+    Call it before loading anything: a missing file raises one
+    :class:`~osediff.checkpoint.ModelNotFoundError` whose :meth:`cli_message` names the flags
+    (``--ram``, ``--dape``, ``--ram-tags``, ``--captioner``); offline it fails in well under a second,
+    and a second call fails at once. Extractors without a model give ``{}``.
+    """
+    files = _entry(name).files
+    if files is None:
+        return {}
+    return files(ram=ram, dape=dape, ram_tags=ram_tags, captioner=captioner, local_files_only=local_files_only)
+
+
 def create_prompt_extractor(name: str, **kwargs) -> PromptExtractor:
     """Build a registered extractor; ``kwargs`` go to its factory (weights paths, device, ...)."""
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown prompt extractor {name!r}; available: {', '.join(available_prompt_extractors())}")
-    return _REGISTRY[name](**kwargs)
+    return _entry(name).factory(**kwargs)
 
 
 def compose_prompt(extracted: str, user_prompt: str = "") -> str:

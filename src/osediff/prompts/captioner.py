@@ -16,8 +16,9 @@ from PIL import Image
 from ..checkpoint import ModelNotFoundError
 from ..device import pick_device, pick_dtype
 from .base import compose_prompt
+from .files import CAPTIONER_OPTION, DEFAULT_CAPTIONER, resolve_captioner
 
-DEFAULT_CAPTIONER = "Salesforce/blip-image-captioning-base"
+__all__ = ["DEFAULT_CAPTIONER", "CaptionExtractor", "create_caption_extractor"]
 DEFAULT_INSTRUCTION = "Describe this image in one short sentence."
 
 
@@ -74,17 +75,16 @@ def create_caption_extractor(*, model: str | os.PathLike = DEFAULT_CAPTIONER, de
     """Load ``model`` (hub id or local folder) with its processor, in fp16 on GPU by default."""
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
+    folder = resolve_captioner(model, local_files_only=local_files_only)
     target = pick_device(str(device) if device is not None else None)
     torch_dtype = pick_dtype(dtype, target)
     try:
-        processor = AutoProcessor.from_pretrained(str(model), local_files_only=local_files_only)
-        network = AutoModelForImageTextToText.from_pretrained(str(model), dtype=torch_dtype,
-                                                              local_files_only=local_files_only)
-    except OSError as err:  # transformers reports missing repos/files as OSError subclasses
-        raise ModelNotFoundError(f"captioner {model!s} could not be loaded ({err.__class__.__name__}: "
-                                 f"{str(err).splitlines()[0]}). Pass a local folder or a hub id of an "
-                                 "image-to-text model (e.g. Salesforce/blip-image-captioning-base, "
-                                 "llava-hf/llava-1.5-7b-hf).") from None
+        processor = AutoProcessor.from_pretrained(folder, local_files_only=True)
+        network = AutoModelForImageTextToText.from_pretrained(folder, dtype=torch_dtype, local_files_only=True)
+    except (OSError, ValueError) as err:  # transformers: missing files (OSError), unknown architectures
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ModelNotFoundError(f"captioner {model!s}: not a loadable image-to-text model ({first})",
+                                 CAPTIONER_OPTION) from None
     if getattr(processor, "tokenizer", None) is not None:
         processor.tokenizer.padding_side = "left"  # batched generation appends after the prompt
     return CaptionExtractor(network.to(target), processor, batch_size=batch_size,

@@ -8,29 +8,28 @@ the bare tag string. Images go through the model in batches, in half precision o
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
-from ..checkpoint import ModelNotFoundError, resolve_file
 from ..device import pick_device, pick_dtype
 from .base import compose_prompt
+from .files import DAPE_MIRRORS, DEFAULT_DAPE, DEFAULT_RAM, RAM_MIRRORS, resolve_ram_files
 from .ram_model import RAMTagger, build_ram, imagenet_normalise, resize_for_ram
 from .ram_weights import config_from_state_dict, load_published, read_state_dict
-from .tags import TagVocabulary, load_tag_vocabulary, resolve_vocabulary_files
+from .tags import TagVocabulary, load_tag_vocabulary
 
-DEFAULT_RAM = "hf://xinyu1205/recognize_anything_model/ram_swin_large_14m.pth"
-RAM_MIRRORS = ("https://huggingface.co/spaces/xinyu1205/recognize-anything/resolve/main/ram_swin_large_14m.pth",)
-# DAPE.pth: a hub copy is reported in AdcSR; the authors keep theirs in preset/models (the GitHub URL
-# below is that location, not verified to be downloadable).
-DEFAULT_DAPE = "hf://Guaishou74851/AdcSR/DAPE.pth"
-DAPE_MIRRORS = ("https://github.com/cswry/OSEDiff/raw/main/preset/models/DAPE.pth",)
-_WHERE = ("RAM: huggingface.co/xinyu1205/recognize_anything_model; DAPE.pth: the SeeSR/OSEDiff release "
-          "(drive.google.com/drive/folders/12HXrRGEXUAnmHRaf0bIn-S8XSK4Ku0JO); pass local copies with "
-          "--ram PATH --dape PATH")
-
+__all__ = [
+    "DAPE_MIRRORS",
+    "DEFAULT_DAPE",
+    "DEFAULT_RAM",
+    "RAM_MIRRORS",
+    "RAMPromptExtractor",
+    "create_dape_extractor",
+    "create_plain_ram_extractor",
+    "load_ram_extractor",
+]
 
 class RAMPromptExtractor:
     """Tags images with a loaded :class:`RAMTagger`; calling it gives the final prompts.
@@ -95,34 +94,6 @@ class RAMPromptExtractor:
         return tags if self.bare else [compose_prompt(t, user_prompt) for t in tags]
 
 
-def _resolve_weights(ram_path: str | os.PathLike | None, dape_path: str | os.PathLike | None, use_dape: bool,
-                     tags_path: str | os.PathLike | None, thresholds_path: str | os.PathLike | None,
-                     local_files_only: bool) -> tuple[Path, Path | None, tuple[Path, Path]]:
-    """Local paths of every file needed; one :class:`ModelNotFoundError` lists all that are missing."""
-    problems: list[str] = []
-
-    def attempt(what: str, resolve):
-        try:
-            return resolve()
-        except ModelNotFoundError as err:
-            problems.append(f"{what} ({err})" if what else str(err))
-            return None
-
-    ram_file = attempt("RAM weights ram_swin_large_14m.pth (--ram)", lambda: resolve_file(
-        ram_path or DEFAULT_RAM, mirrors=() if ram_path else RAM_MIRRORS, local_files_only=local_files_only))
-    dape_file = None
-    if use_dape:
-        mirrors = () if dape_path else DAPE_MIRRORS
-        dape_file = attempt("DAPE weights DAPE.pth (--dape)", lambda: resolve_file(
-            dape_path or DEFAULT_DAPE, mirrors=mirrors, local_files_only=local_files_only))
-    tag_files = attempt("", lambda: resolve_vocabulary_files(tags_path, thresholds_path,
-                                                             local_files_only=local_files_only))
-    if problems:
-        raise ModelNotFoundError(f"{'DAPE' if use_dape else 'RAM'} prompt extraction needs files that could "
-                                 "not be found: " + " | ".join(p.rstrip(".") for p in problems) + f". {_WHERE}")
-    return ram_file, dape_file, tag_files
-
-
 def load_ram_extractor(*, ram_path: str | os.PathLike | None = None, dape_path: str | os.PathLike | None = None,
                        use_dape: bool, tags_path: str | os.PathLike | None = None,
                        thresholds_path: str | os.PathLike | None = None, device: str | torch.device | None = None,
@@ -133,9 +104,10 @@ def load_ram_extractor(*, ram_path: str | os.PathLike | None = None, dape_path: 
     The architecture is read from the weights' shapes, so the published Swin-L files and the tiny
     random ones of the tests go through the same path.
     """
-    ram_file, dape_file, tag_files = _resolve_weights(ram_path, dape_path, use_dape, tags_path, thresholds_path,
-                                                      local_files_only)
-    vocabulary = load_tag_vocabulary(*tag_files)
+    files = resolve_ram_files(ram_path, dape_path, tags_path, thresholds_path, use_dape=use_dape,
+                              local_files_only=local_files_only)
+    ram_file, dape_file = files["ram_path"], files.get("dape_path")
+    vocabulary = load_tag_vocabulary(files["tags_path"], files["thresholds_path"])
     ram_weights = read_state_dict(ram_file)
     dape_weights = read_state_dict(dape_file) if dape_file else None
     config = config_from_state_dict(ram_weights, dape_weights)
@@ -151,20 +123,23 @@ def load_ram_extractor(*, ram_path: str | os.PathLike | None = None, dape_path: 
 
 
 def create_dape_extractor(*, ram_path: str | os.PathLike | None = None, dape_path: str | os.PathLike | None = None,
-                          tags_path: str | os.PathLike | None = None, device: str | torch.device | None = None,
+                          tags_path: str | os.PathLike | None = None,
+                          thresholds_path: str | os.PathLike | None = None, device: str | torch.device | None = None,
                           dtype: str | torch.dtype | None = None, batch_size: int = 8, bare: bool = False,
                           local_files_only: bool = False) -> RAMPromptExtractor:
     """``dape``: RAM weights + DAPE LoRA on top (OSEDiff inference). ``None`` paths use the defaults."""
     return load_ram_extractor(ram_path=ram_path, dape_path=dape_path, use_dape=True, tags_path=tags_path,
-                              device=device, dtype=dtype, batch_size=batch_size, bare=bare,
-                              local_files_only=local_files_only)
+                              thresholds_path=thresholds_path, device=device, dtype=dtype, batch_size=batch_size,
+                              bare=bare, local_files_only=local_files_only)
 
 
 def create_plain_ram_extractor(*, ram_path: str | os.PathLike | None = None,
                                tags_path: str | os.PathLike | None = None,
+                               thresholds_path: str | os.PathLike | None = None,
                                device: str | torch.device | None = None, dtype: str | torch.dtype | None = None,
                                batch_size: int = 8, bare: bool = False,
                                local_files_only: bool = False) -> RAMPromptExtractor:
     """``ram``: plain RAM (what OSEDiff training tags HQ images with; ``bare=True`` for its format)."""
-    return load_ram_extractor(ram_path=ram_path, use_dape=False, tags_path=tags_path, device=device,
+    return load_ram_extractor(ram_path=ram_path, use_dape=False, tags_path=tags_path,
+                              thresholds_path=thresholds_path, device=device,
                               dtype=dtype, batch_size=batch_size, bare=bare, local_files_only=local_files_only)

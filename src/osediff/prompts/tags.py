@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..checkpoint import ModelNotFoundError, resolve_file
+from ..checkpoint.hub import ModelNotFoundError, Option, resolve_file
 
 TAG_LIST_NAME = "ram_tag_list.txt"
 THRESHOLDS_NAME = "ram_tag_list_threshold.txt"
@@ -25,6 +25,8 @@ _SOURCES = (
 )
 DEFAULT_TAG_LIST = _SOURCES[0] + TAG_LIST_NAME
 DEFAULT_THRESHOLDS = _SOURCES[0] + THRESHOLDS_NAME
+_OPTION = Option(f"tags_path=<folder with {TAG_LIST_NAME} and {THRESHOLDS_NAME}>",
+                 f"--ram-tags <folder with {TAG_LIST_NAME} and {THRESHOLDS_NAME}>")
 
 
 @dataclass(frozen=True)
@@ -99,15 +101,14 @@ def resolve_vocabulary_files(tags_path: str | os.PathLike | None = None,
         thresholds_spec, threshold_mirrors = DEFAULT_THRESHOLDS, tuple(s + THRESHOLDS_NAME for s in _SOURCES[1:])
     else:
         thresholds_spec, threshold_mirrors = thresholds_default, ()
-    files, problems = [], []
-    for what, spec, mirrors in (("RAM tag list", tags_spec, tag_mirrors),
-                                ("RAM tag thresholds", thresholds_spec, threshold_mirrors)):
+    files, errors = [], []
+    for what, spec, mirrors in ((TAG_LIST_NAME, tags_spec, tag_mirrors),
+                                (THRESHOLDS_NAME, thresholds_spec, threshold_mirrors)):
         try:
-            files.append(resolve_file(spec, mirrors=tuple(mirrors), local_files_only=local_files_only))
+            files.append(resolve_file(spec, mirrors=tuple(mirrors), local_files_only=local_files_only,
+                                      name=what, option=_OPTION))
         except ModelNotFoundError as err:
-            problems.append(f"{what} ({err})")
-    if problems:
-        raise ModelNotFoundError("missing " + "; ".join(problems)
-                                 + f". Pass a folder with {TAG_LIST_NAME} and {THRESHOLDS_NAME} "
-                                   "(from RAM's or OSEDiff's ram/data/) as tags_path.")
+            errors.append(err.reason)
+    if errors:
+        raise ModelNotFoundError("; ".join(errors), _OPTION)
     return files[0], files[1]

@@ -1,0 +1,94 @@
+"""Whether model files may be fetched now: one short probe per host, and failures remembered.
+
+Without a network, the hub client and urllib each wait out their timeouts and retries for every
+file (over a minute per file was measured). Instead each host gets one HEAD request with a short
+timeout per process; once a host is known to be unreachable every later lookup goes straight to
+the local cache. A resolution that failed is remembered too, so a second attempt (a fallback
+extractor, the next demo request) fails at once instead of trying the network again.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Hashable
+from typing import TypeVar
+
+PROBE_TIMEOUT_S = 3.0
+HUB = "the hub"
+
+_lock = threading.Lock()
+_reachable: dict[str, bool] = {}
+_failures: dict[Hashable, Exception] = {}
+T = TypeVar("T")
+
+
+def hub_endpoint() -> str:
+    from huggingface_hub import constants
+
+    return constants.ENDPOINT
+
+
+def hub_offline_env() -> bool:
+    """``HF_HUB_OFFLINE`` set (read now, not only when huggingface_hub was imported)."""
+    from huggingface_hub import constants
+
+    return constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
+
+
+def _probe(url: str) -> bool:
+    """True when a server answers at ``url`` within the timeout (any HTTP status counts)."""
+    try:
+        urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=PROBE_TIMEOUT_S).close()
+    except urllib.error.HTTPError:
+        return True
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+    return True
+
+
+def reachable(url: str) -> bool:
+    """Whether the host of ``url`` answers; probed once per process (local schemes always answer)."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https"):
+        return True
+    origin = f"{parts.scheme}://{parts.netloc}/"
+    with _lock:  # concurrent callers wait for the one probe rather than each sending their own
+        if origin not in _reachable:
+            _reachable[origin] = _probe(origin)
+        return _reachable[origin]
+
+
+def offline_reason(url: str, local_files_only: bool, *, hub: bool = False) -> str | None:
+    """Why ``url`` is not to be fetched now (a phrase to follow "not in the local cache"), or None."""
+    if local_files_only:
+        return "offline mode"
+    if hub and hub_offline_env():
+        return "HF_HUB_OFFLINE is set"
+    if not reachable(url):
+        return f"{HUB if hub else urllib.parse.urlsplit(url).netloc} could not be reached"
+    return None
+
+
+def remembered(key: Hashable, resolve: Callable[[], T], remember: type[Exception]) -> T:
+    """``resolve()``, unless it already failed with ``remember`` under ``key`` in this process."""
+    with _lock:
+        failed = _failures.get(key)
+    if failed is not None:
+        raise failed.with_traceback(None)
+    try:
+        return resolve()
+    except remember as err:
+        with _lock:
+            _failures[key] = err
+        raise
+
+
+def forget() -> None:
+    """Drop what was learnt about hosts and failures (after the network came back; tests)."""
+    with _lock:
+        _reachable.clear()
+        _failures.clear()

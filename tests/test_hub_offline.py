@@ -1,0 +1,146 @@
+"""Model-file resolution without a network: one probe per host, one line, remembered, nothing left behind."""
+
+from __future__ import annotations
+
+import hashlib
+import socket
+import time
+
+import pytest
+
+from osediff.checkpoint import KNOWN_SHA256, ModelNotFoundError, hub, network, resolve_base, resolve_file
+from osediff.errors import OSEDiffError
+from osediff.prompts import extractor_needs_model, files, resolve_extractor_files
+
+
+@pytest.fixture
+def caches(tmp_path, monkeypatch):
+    """Empty download and hub caches, and every socket refused and counted (only the probe may "connect")."""
+    from huggingface_hub import constants
+
+    monkeypatch.setenv("OSEDIFF_CACHE", str(tmp_path / "cache" / "osediff"))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "cache" / "hub"))
+    connects: list[object] = []
+
+    def refuse(*args, **kwargs):
+        connects.append(args)
+        raise OSError("network disabled in tests")
+
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    return connects
+
+
+def test_offline_dape_fails_fast_in_one_line_and_probes_each_host_once(caches, no_network):
+    started = time.perf_counter()
+    with pytest.raises(ModelNotFoundError) as info:
+        resolve_extractor_files("dape")
+    first_s = time.perf_counter() - started
+    cli = info.value.cli_message()
+    assert "not in the local cache and the hub could not be reached" in cli
+    for flag in ("--ram ", "--dape ", "--ram-tags "):
+        assert flag in cli
+    for jargon in ("LocalEntryNotFoundError", "tags_path", "Retrying", "\n"):
+        assert jargon not in cli
+    # one probe per host (hub, github.com, raw.githubusercontent.com), and no other connection at all
+    assert len(no_network) == len(set(no_network)) == 3 and not caches
+    started = time.perf_counter()
+    with pytest.raises(ModelNotFoundError) as again:
+        resolve_extractor_files("dape")
+    assert time.perf_counter() - started < 0.1 and first_s < 1.0
+    assert str(again.value) == str(info.value) and len(no_network) == 3
+
+
+def test_a_failed_resolution_is_remembered(caches, monkeypatch):
+    with pytest.raises(ModelNotFoundError):
+        resolve_file("hf://owner/repo/model.pth")
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("resolved again")
+
+    monkeypatch.setattr(hub, "_resolve_file", must_not_run)
+    with pytest.raises(ModelNotFoundError, match=r"model\.pth: not in the local cache"):
+        resolve_file("hf://owner/repo/model.pth")
+    network.forget()  # e.g. the network came back: try again
+    with pytest.raises(AssertionError, match="resolved again"):
+        resolve_file("hf://owner/repo/model.pth")
+
+
+def test_base_typos_say_folder_not_found(tmp_path, caches, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models").mkdir()
+    for typo in (str(tmp_path / "sd21-bse"), "./sd21", "~/no-such-sd21", "models/sd21", "models/a/b"):
+        with pytest.raises(ModelNotFoundError, match=r"folder not found; pass base=") as info:
+            resolve_base(typo)
+        assert "HFValidationError" not in info.value.cli_message() and "--base" in info.value.cli_message()
+    with pytest.raises(ModelNotFoundError, match="not a local folder nor a hub id"):
+        resolve_base("not a/hub id!")
+    with pytest.raises(ModelNotFoundError, match="not in the local cache and the hub could not be reached"):
+        resolve_base("someone/sd21-copy")
+
+
+def test_offline_flag_and_env_are_worded_as_such(caches, monkeypatch, no_network):
+    with pytest.raises(ModelNotFoundError, match=r"not in the local cache \(offline mode\)"):
+        resolve_extractor_files("caption", local_files_only=True)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelNotFoundError, match=r"osediff.pkl: not in the local cache \(offline mode\)"):
+        resolve_file("hf://owner/repo/osediff.pkl")
+    assert not no_network  # neither asked the network
+
+
+def test_failed_downloads_leave_no_empty_folders(tmp_path, caches, monkeypatch):
+    cache = tmp_path / "cache"
+    with pytest.raises(ModelNotFoundError, match="download failed"):
+        resolve_file((tmp_path / "missing.pth").as_uri())
+    monkeypatch.setattr(network, "_probe", lambda url: True)
+
+    def flaky_hub(repo_id, filename, **kwargs):  # what the hub client leaves when a download breaks
+        name = "models--" + repo_id.replace("/", "--")
+        for folder in (f"{name}/blobs", f"{name}/snapshots", f".locks/{name}"):
+            (tmp_path / "cache" / "hub" / folder).mkdir(parents=True, exist_ok=True)
+        raise ConnectionError("connection reset")
+
+    monkeypatch.setattr("huggingface_hub.hf_hub_download", flaky_hub)
+    with pytest.raises(ModelNotFoundError, match=r"could not be downloaded from the hub \(ConnectionError"):
+        resolve_file("hf://owner/repo/DAPE.pth")
+    assert not (cache / "osediff").exists()  # the URL download's folder went with it
+    assert not list(cache.rglob("models--owner--repo"))
+
+
+def test_checksum_mismatch_fails_in_one_line_and_deletes_the_download(tmp_path, caches):
+    served = tmp_path / "served" / "DAPE.pth"
+    served.parent.mkdir()
+    served.write_bytes(b"not the published DAPE weights")
+    with pytest.raises(ModelNotFoundError) as info:
+        resolve_file(served.as_uri(), sha256=KNOWN_SHA256["DAPE.pth"])
+    message = str(info.value)
+    assert "checksum mismatch" in message and "the download was deleted" in message and "\n" not in message
+    assert not (tmp_path / "cache" / "osediff").exists()  # neither the file nor its folder stays
+    good = hashlib.sha256(served.read_bytes()).hexdigest()
+    assert resolve_file(served.as_uri(), sha256=good).read_bytes() == served.read_bytes()
+
+
+def test_default_prompt_files_are_pinned(tmp_path, caches, monkeypatch):
+    served = tmp_path / "ram_swin_large_14m.pth"
+    served.write_bytes(b"a different file")
+    monkeypatch.setattr(files, "DEFAULT_RAM", served.as_uri())
+    monkeypatch.setattr(files, "RAM_MIRRORS", ())
+    with pytest.raises(ModelNotFoundError, match=r"ram_swin_large_14m.pth: checksum mismatch .*expected 15c729c793af"):
+        resolve_extractor_files("ram")
+    assert KNOWN_SHA256["DAPE.pth"].startswith("a7028be2") and KNOWN_SHA256["osediff.pkl"] is None
+
+
+def test_extractor_metadata_and_local_files(tmp_path, caches):
+    assert [extractor_needs_model(n) for n in ("dape", "ram", "caption", "text", "none")] == [True] * 3 + [False] * 2
+    assert resolve_extractor_files("text") == {}
+    ram, dape = tmp_path / "ram.pth", tmp_path / "dape.pth"
+    ram.write_bytes(b"r")
+    dape.write_bytes(b"d")
+    (tmp_path / "ram_tag_list.txt").write_text("a\n")
+    (tmp_path / "ram_tag_list_threshold.txt").write_text("0.5\n")
+    found = resolve_extractor_files("dape", ram=ram, dape=dape, ram_tags=tmp_path)
+    assert found == {"ram_path": ram, "dape_path": dape, "tags_path": tmp_path / "ram_tag_list.txt",
+                     "thresholds_path": tmp_path / "ram_tag_list_threshold.txt"}
+    assert resolve_extractor_files("caption", captioner=tmp_path) == {"model": tmp_path}
+    with pytest.raises(OSEDiffError, match="unknown prompt extractor 'dapee'"):
+        resolve_extractor_files("dapee")
