@@ -1,0 +1,56 @@
+"""Named inference presets: which published weights to load and the defaults that go with them.
+
+>>> from osediff.presets import get_preset
+>>> preset = get_preset("face")
+>>> preset.weights, preset.upscale, preset.align
+('https://github.com/cswry/OSEDiff/raw/main/preset/models/osediff_face.pkl', 1.0, 'none')
+
+A preset's ``weights`` is a spec that :func:`osediff.checkpoint.hub.resolve_file` reads (a path,
+``hf://owner/repo/file`` or a URL), with ``weights_mirrors`` tried after it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .checkpoint.hub import DEFAULT_WEIGHTS, WEIGHTS_MIRRORS
+from .errors import OSEDiffError
+
+AUTHORS_MODELS = "https://github.com/cswry/OSEDiff/raw/main/preset/models"
+
+
+class UnknownPresetError(OSEDiffError, ValueError):
+    """A preset name that is not registered."""
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    weights: str  # spec of the OSEDiff weights file
+    weights_mirrors: tuple[str, ...]  # tried in order when ``weights`` cannot be fetched
+    upscale: float  # default output / input size factor
+    align: str  # default colour alignment ("adain", "wavelet" or "none")
+    description: str
+
+
+PRESETS: dict[str, Preset] = {
+    preset.name: preset
+    for preset in (
+        Preset("osediff", DEFAULT_WEIGHTS, tuple(m for m in WEIGHTS_MIRRORS if m != DEFAULT_WEIGHTS), 4.0,
+               "adain", "real-world super-resolution, x4 (the paper's model, trained on LSDIR + FFHQ)"),
+        # trained on 512 px faces with the CodeFormer degradation at factor 1: it restores at the input
+        # size, and is used without colour alignment
+        Preset("face", f"{AUTHORS_MODELS}/osediff_face.pkl", (), 1.0, "none",
+               "blind face restoration at the input size (512 px aligned faces)"),
+    )
+}
+DEFAULT_PRESET = "osediff"
+
+
+def get_preset(name: str) -> Preset:
+    """The preset called ``name``; :class:`UnknownPresetError` names the known ones otherwise."""
+    try:
+        return PRESETS[name]
+    except KeyError:
+        known = ", ".join(PRESETS)
+        raise UnknownPresetError(f"unknown preset {name!r}; known presets: {known}") from None
