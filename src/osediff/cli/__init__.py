@@ -1,16 +1,23 @@
 """``osediff`` command line: one module per sub-command, each with ``add_parser`` and ``run``.
 
 Sub-command modules keep heavy imports (torch, diffusers, ...) inside ``run`` so that
-``osediff --help`` and argument errors stay instant.
+``osediff --help`` and argument errors stay instant. A user-facing failure
+(:class:`~osediff.errors.OSEDiffError`) is printed here, in one line; anything else is a bug and
+keeps its traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
-import logging
+import re
 import sys
+import traceback
 import warnings
+
+from .. import __version__
+from ..errors import OSEDiffError
+from ..quiet import quiet_libraries
 
 # sub-command name -> module; each module defines add_parser(subparsers) and run(args) -> int
 COMMANDS: dict[str, str] = {
@@ -23,12 +30,44 @@ COMMANDS: dict[str, str] = {
 }
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Every option's default in its help (unless the text states it), and no reST ``markup``."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        shown = action.default not in (None, False, "", argparse.SUPPRESS) and action.option_strings
+        if shown and "default" not in text.lower():
+            text += " (default: %(default)s)"
+        return text
+
+
+def _plain(text: str | None) -> str | None:
+    # docstrings double as descriptions: ``name`` and :func:`name` read as name on a terminal
+    return re.sub(r":\w+:`~?([^`]+)`", r"\1", text).replace("``", "") if text else text
+
+
+def _tidy(parser: argparse.ArgumentParser) -> None:
+    parser.formatter_class = HelpFormatter
+    parser.description, parser.epilog = _plain(parser.description), _plain(parser.epilog)
+    for action in parser._actions:
+        if action.help not in (None, argparse.SUPPRESS):
+            action.help = _plain(action.help)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="osediff", description="One-step diffusion super-resolution (OSEDiff).")
+    parser.add_argument("--version", action="version", version=f"osediff {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for every error")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module_name in COMMANDS.values():
         module = importlib.import_module(module_name)
         module.add_parser(subparsers)
+    for sub in subparsers.choices.values():
+        # accepted after the command too; SUPPRESS keeps a --debug given before it
+        sub.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                         help="show tracebacks for every error")
+        _tidy(sub)
+    _tidy(parser)
     return parser
 
 
@@ -36,28 +75,20 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
     print(f"warning: {message}", file=file or sys.stderr)
 
 
-def _quiet_libraries() -> None:
-    """Library chatter (load bars, dtype notes) would drown the one-line messages users need."""
-    for name in ("peft", "bitsandbytes"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    for name in ("diffusers", "transformers"):
-        try:
-            module = importlib.import_module(f"{name}.utils.logging")
-        except ImportError:
-            continue
-        module.set_verbosity_error()
-        module.disable_progress_bar()
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     warnings.showwarning = _one_line_warning
-    _quiet_libraries()
+    quiet_libraries()
     try:
         return int(args.run(args) or 0)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except OSEDiffError as err:
+        if args.debug:
+            traceback.print_exc()
+        print(f"error: {' '.join(err.cli_message().split())}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
