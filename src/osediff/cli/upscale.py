@@ -1,33 +1,98 @@
 """``osediff upscale``: super-resolve files, folders and globs into an output folder.
 
-A bad input is reported in one line and the batch goes on; outputs are written atomically; the
-exit status is non-zero when any image failed. Under ``accelerate launch`` / ``torchrun`` every
-process takes its own share of the inputs (``RANK``/``WORLD_SIZE``), one GPU each.
+Every option and input is checked, and every model file found, before a model loads. A bad input
+is reported in one line and the batch goes on; outputs are written atomically; the exit status is
+non-zero when any image failed. Under ``accelerate launch`` / ``torchrun`` every process takes its
+own share of the inputs (RANK/WORLD_SIZE), one GPU each. With --engine ray the images are spread
+over a Ray cluster (see the README's "Many images / a cluster").
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import functools
 import os
 import sys
-import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from ..batch.config import OUTPUT_FORMATS, BatchConfig, ModelOptions
+from ..images import DEFAULT_MAX_PIXELS
+from ..prompts import available_prompt_extractors
 from .options import add_model_options
 
-OUTPUT_FORMATS = {"png": ".png", "jpg": ".jpg", "webp": ".webp", "tiff": ".tiff"}
+# tiling flag -> TileConfig field; their defaults are TileConfig's own
+TILE_FLAGS = {"latent_tile": "latent_tile", "latent_overlap": "latent_overlap",
+              "vae_encoder_tile": "vae_encoder_tile", "vae_decoder_tile": "vae_decoder_tile",
+              "tile_batch": "batch_size", "vae_maps": "vae_maps"}
+
+
+class _Lazy(Sequence):
+    """A sequence computed on first use: choices that need torch import it only when checked or shown
+    (with a ``metavar``, or argparse lists them while the parser is built)."""
+
+    def __init__(self, load: Callable[[], Sequence]) -> None:
+        self._load = functools.cache(load)
+
+    def __getitem__(self, index):
+        return self._load()[index]
+
+    def __len__(self) -> int:
+        return len(self._load())
+
+
+class _TileDefault:
+    """A flag's default read from ``TileConfig()`` when shown or used (the pipeline imports torch)."""
+
+    def __init__(self, field: str) -> None:
+        self.field = field
+
+    def value(self):
+        from ..pipeline import TileConfig
+
+        return getattr(TileConfig(), self.field)
+
+    def __str__(self) -> str:
+        return str(self.value())
+
+
+def _align_methods() -> tuple[str, ...]:
+    from ..color import ALIGN_METHODS
+
+    return ALIGN_METHODS
+
+
+def _vae_maps() -> tuple[str, ...]:
+    import typing
+
+    from ..pipeline import TileConfig
+
+    return typing.get_args(typing.get_type_hints(TileConfig)["vae_maps"])
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """The description as written, and each option's default (unless none or off) after its help."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        unset = any(action.default is value for value in (None, False, "", argparse.SUPPRESS))
+        if action.option_strings and not unset and "%(default)" not in text:
+            text += " (default: %(default)s)"
+        return text
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("upscale", help="super-resolve images", description=__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or glob patterns")
-    p.add_argument("-o", "--output", required=True, type=Path, help="output folder")
-    p.add_argument("-s", "--upscale", type=float, default=4.0, help="upscale factor, any value >= 1 (default 4)")
+                              formatter_class=_HelpFormatter)
+    p.add_argument("inputs", nargs="+", metavar="INPUT",
+                   help="image files, folders or glob patterns (with --engine ray also s3://, gs://, file:// URIs)")
+    p.add_argument("-o", "--output", required=True, help="output folder (with --engine ray also a URI)")
+    p.add_argument("-s", "--upscale", type=float, default=4.0, help="upscale factor, any value >= 1")
     p.add_argument("--prompt", default="", help="text prompt (added after extracted tags)")
-    p.add_argument("--prompt-extractor", default="dape",
-                   help="dape (the paper's degradation-aware RAM tags; default) | ram | caption | "
-                        "text (--prompt only) | none (empty prompt)")
+    p.add_argument("--prompt-extractor", default="dape", choices=available_prompt_extractors(),
+                   help="dape: the paper's degradation-aware RAM tags; ram; caption; text: --prompt only; "
+                        "none: empty prompt")
     p.add_argument("--prompt-fallback", choices=("none", "text"), default=None,
                    help="extractor to use if the chosen one's weights are unavailable (default: fail)")
     p.add_argument("--dape", default=None, help="DAPE.pth path or hf:// / URL spec")
@@ -38,20 +103,27 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--prompts-from", type=Path, default=None,
                    help="folder of <stem>.txt prompts saved by an earlier run (skips extraction)")
     p.add_argument("--save-prompts", action="store_true", help="write the prompt used as <stem>.txt")
-    p.add_argument("--align", choices=("adain", "wavelet", "none"), default="adain", help="colour alignment")
+    p.add_argument("--align", choices=_Lazy(_align_methods), default="adain", metavar="METHOD",
+                   help="colour alignment: %(choices)s")
     p.add_argument("--latent", choices=("mode", "sample"), default="mode",
                    help="latent mean (deterministic) or a sample as the authors' code does")
     p.add_argument("--seed", type=int, default=None, help="seed for --latent sample")
+    p.add_argument("--batch-size", type=int, default=1,
+                   help="images of one size that go through the model together (more memory, fewer passes)")
     tiles = p.add_argument_group("tiling (switches on automatically above the tile sizes)")
     tiles.add_argument("--no-tiling", action="store_true", help="never tile (needs memory for the whole image)")
-    tiles.add_argument("--latent-tile", type=int, default=96, help="UNet tile in latent pixels (x8 in pixels)")
-    tiles.add_argument("--latent-overlap", type=int, default=32, help="UNet tile overlap in latent pixels")
-    tiles.add_argument("--vae-encoder-tile", type=int, default=1024, help="VAE encoder tile in pixels")
-    tiles.add_argument("--vae-decoder-tile", type=int, default=224, help="VAE decoder tile in latent pixels")
-    tiles.add_argument("--tile-batch", type=int, default=4, help="UNet tiles per forward pass")
-    tiles.add_argument("--vae-maps", choices=("auto", "device", "cpu"), default="auto",
-                       help="where the tiled VAE keeps full-size feature maps; cpu bounds GPU memory by one "
-                            "tile (slower); auto: cpu when they would fill over 1/4 of free GPU memory")
+    tiles.add_argument("--latent-tile", type=int, default=_TileDefault("latent_tile"),
+                       help="UNet tile in latent pixels (x8 in pixels)")
+    tiles.add_argument("--latent-overlap", type=int, default=_TileDefault("latent_overlap"),
+                       help="UNet tile overlap in latent pixels")
+    tiles.add_argument("--vae-encoder-tile", type=int, default=_TileDefault("vae_encoder_tile"),
+                       help="VAE encoder tile in pixels")
+    tiles.add_argument("--vae-decoder-tile", type=int, default=_TileDefault("vae_decoder_tile"),
+                       help="VAE decoder tile in latent pixels")
+    tiles.add_argument("--tile-batch", type=int, default=_TileDefault("batch_size"), help="UNet tiles per forward pass")
+    tiles.add_argument("--vae-maps", choices=_Lazy(_vae_maps), default=_TileDefault("vae_maps"), metavar="WHERE",
+                       help="%(choices)s: where the tiled VAE keeps full-size feature maps; cpu bounds GPU memory "
+                            "by one tile (slower); auto: cpu when they would fill over 1/4 of free GPU memory")
     model = add_model_options(p)
     model.add_argument("--no-merge", action="store_true", help="keep LoRA unmerged (peft layers)")
     model.add_argument("--decoder-dtype", default="auto",
@@ -61,201 +133,93 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     model.add_argument("--compile", action="store_true", help="torch.compile the UNet (pays off on big batches)")
     out = p.add_argument_group("output")
     out.add_argument("--format", choices=(*OUTPUT_FORMATS, "same"), default="png", help="output format")
-    out.add_argument("--quality", type=int, default=95, help="JPEG/WebP quality")
+    out.add_argument("--quality", type=int, default=95, help="JPEG/WebP quality (1-100)")
     out.add_argument("--skip-existing", action="store_true", help="skip inputs whose output exists")
-    out.add_argument("--max-pixels", type=int, default=4096 * 4096,
-                     help="refuse inputs with more pixels than this (default 4096*4096)")
+    out.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
+                     help="refuse inputs with more pixels than this")
+    engine = p.add_argument_group("engine")
+    engine.add_argument("--engine", choices=("local", "ray"), default="local",
+                        help="local: this process (one share per process under accelerate); ray: Ray Data over a "
+                             "cluster, with a manifest, retries of dead workers and resume (needs osediff[ray])")
+    engine.add_argument("--ray-address", default=None,
+                        help="Ray cluster to join (auto: the one `ray start --head` started here); default: start "
+                             "a local Ray instance")
+    engine.add_argument("--ray-cpus-per-replica", type=int, default=8,
+                        help="CPUs per model replica on clusters without GPUs (one replica per GPU otherwise)")
+    engine.add_argument("--manifest", default=None,
+                        help="--engine ray: JSONL manifest of the run (default: OUTPUT/manifest.jsonl)")
     p.set_defaults(run=run)
 
 
-def output_path(src: Path, outdir: Path, fmt: str) -> Path:
-    suffix = src.suffix.lower() if fmt == "same" else OUTPUT_FORMATS[fmt]
-    if fmt == "same" and suffix in (".gif", ".bmp", ".jpeg"):
-        suffix = {".gif": ".png", ".bmp": ".png", ".jpeg": ".jpg"}[suffix]
-    return outdir / f"{src.stem}{suffix}"
+def config_from_args(args: argparse.Namespace) -> BatchConfig:
+    """The batch job the flags describe; this process's share under accelerate/torchrun."""
+    from ..pipeline import TileConfig
 
-
-def output_clashes(files: list[Path], outdir: Path, fmt: str) -> dict[Path, Path]:
-    """Inputs whose output file an earlier input already claims (a.png and a.jpg, or one name in
-    two folders), mapped to that earlier input: writing them would replace its result."""
-    owner: dict[Path, Path] = {}
-    clashes = {}
-    for src in files:
-        dst = output_path(src, outdir, fmt)
-        if dst in owner:
-            clashes[src] = owner[dst]
-        else:
-            owner[dst] = src
-    return clashes
-
-
-def shard(items: list[Path]) -> tuple[list[Path], int, int]:
-    """This process's share under accelerate/torchrun; all of it otherwise."""
-    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    return items[rank::world], rank, world
+    tile_values = {field: getattr(args, flag) for flag, field in TILE_FLAGS.items()}
+    tiles = TileConfig(enabled=not args.no_tiling, **{field: value.value() if isinstance(value, _TileDefault)
+                                                      else value for field, value in tile_values.items()})
+    model = ModelOptions(base=args.base, weights=args.weights, device=args.device, dtype=args.dtype,
+                         offline=args.offline, merge_lora=not args.no_merge, decoder_dtype=args.decoder_dtype,
+                         preview_decoder=args.preview_decoder, compile_unet=args.compile)
+    shared = {f.name for f in dataclasses.fields(BatchConfig)} - {"inputs", "output", "tiles", "model", "rank",
+                                                                   "world"}
+    return BatchConfig(inputs=list(args.inputs), output=args.output if "://" in args.output else Path(args.output),
+                       tiles=tiles, model=model, rank=int(os.environ.get("RANK", 0)),
+                       world=int(os.environ.get("WORLD_SIZE", 1)),
+                       **{name: getattr(args, name) for name in shared})
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..batch.models import cli_message
+    from ..checkpoint import ModelNotFoundError
+    from ..errors import OSEDiffError
+
+    try:
+        config = config_from_args(args)
+        if args.engine == "ray":
+            from ..batch.ray_engine import RayOptions, run_on_ray
+
+            return run_on_ray(config, RayOptions(address=args.ray_address, manifest=args.manifest,
+                                                 cpus_per_replica=args.ray_cpus_per_replica))
+        return run_local(config)
+    except (OSEDiffError, ModelNotFoundError) as err:
+        print(f"error: {cli_message(err)}", file=sys.stderr)
+        return 2
+
+
+def run_local(config: BatchConfig) -> int:
+    """The batch in this process with a progress bar; the exit status (1 when any image failed)."""
     from tqdm import tqdm
 
-    from ..images import ImageLoadError, collect_inputs, load_image, save_image_atomic, write_text_atomic
+    from ..batch import FAILED, WRITTEN
+    from ..batch import run as run_batch
 
-    inputs = collect_inputs(args.inputs)
-    clashes = output_clashes(inputs, args.output, args.format)  # over all inputs: ranks must agree
-    files, rank, world = shard(inputs)
-    if not files:
-        print("error: no input images found", file=sys.stderr)
-        return 2
-    todo = [f for f in files if not (args.skip_existing and output_path(f, args.output, args.format).exists())]
-    skipped = len(files) - len(todo)
-    if not todo:
-        print(f"all {len(files)} outputs exist in {args.output}; nothing to do")
-        return 0
-    try:
-        pipe, tiles, user_prompt = _build_pipeline(args, rank, world)
-    except (RuntimeError, ValueError, OSError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    quiet = config.rank != 0 and config.world > 1
+    bar = None
 
-    failures: list[str] = []
-    seconds: list[float] = []
-    bar = tqdm(total=len(todo), unit="img", disable=rank != 0 and world > 1, dynamic_ncols=True)
+    def start(total: int) -> None:  # once the model is loaded: nothing is drawn before errors about it
+        nonlocal bar
+        bar = tqdm(total=total, unit="img", disable=quiet, dynamic_ncols=True)
 
-    def fail(message: str) -> None:
-        failures.append(message)
-        tqdm.write(f"error: {message}", file=sys.stderr)
+    def report(record) -> None:
+        if record.status == FAILED:
+            tqdm.write(f"error: {record.error}", file=sys.stderr)
+        elif record.status == WRITTEN:
+            bar.set_description(Path(record.input).name)
+            bar.set_postfix(sec=f"{record.seconds:.2f}")
         bar.update()
 
-    # prompt extractors run batched over a chunk of decoded images, then each image is super-resolved
-    chunk_size = max(1, args.prompt_batch_size) if pipe.prompt_extractor is not None else 1
-    for first in range(0, len(todo), chunk_size):
-        images = {}
-        for src in todo[first:first + chunk_size]:
-            if src in clashes:
-                fail(f"{src}: its output {output_path(src, args.output, args.format)} is already that of "
-                     f"{clashes[src]}; rename one of them or run it separately")
-                continue
-            try:
-                images[src] = load_image(src, max_pixels=args.max_pixels)
-            except ImageLoadError as err:
-                fail(str(err))
-        try:
-            prompts = _chunk_prompts(pipe, images, args, user_prompt)
-            if pipe.prompt_extractor is not None and first + chunk_size >= len(todo):
-                pipe.keep_only_prompts(prompts.values())  # last chunk: free DAPE and CLIP before the SR
-        except (RuntimeError, ValueError, OSError) as err:
-            for src in images:
-                fail(f"{src}: {_first_line(err)}")
-            continue
-        for src, loaded in images.items():
-            bar.set_description(src.name)
-            started = time.perf_counter()
-            try:
-                prompt = prompts[src] if src in prompts else _saved_prompt(args.prompts_from, src)
-                result = pipe.run(loaded.rgb, args.upscale, prompt, extract_prompt=False, align=args.align,
-                                  tiles=tiles, latent=args.latent, seed=args.seed, alpha=loaded.alpha)
-                dst = output_path(src, args.output, args.format)
-                save_kwargs = {"quality": args.quality} if dst.suffix in (".jpg", ".webp") else {}
-                image = result.image.convert("RGB") if dst.suffix == ".jpg" else result.image
-                save_image_atomic(image, dst, **save_kwargs)
-                if args.save_prompts:
-                    write_text_atomic(result.prompt + "\n", dst.with_suffix(".txt"))
-            except (RuntimeError, ValueError, OSError) as err:
-                fail(f"{src}: {_first_line(err)}")
-                continue
-            seconds.append(time.perf_counter() - started)
-            bar.update()
-            bar.set_postfix(sec=f"{seconds[-1]:.2f}")
-    bar.close()
-    done = len(seconds)
-    mean = sum(seconds) / done if done else 0.0
-    shard_note = f" [process {rank + 1}/{world}]" if world > 1 else ""
-    print(f"done{shard_note}: {done} written to {args.output}, {len(failures)} failed, {skipped} skipped; "
-          f"{sum(seconds):.1f} s total, {mean:.2f} s/image")
-    return 1 if failures else 0
-
-
-def _first_line(err: Exception) -> str:
-    return str(err).splitlines()[0] if str(err) else type(err).__name__
-
-
-def _chunk_prompts(pipe, images: dict, args: argparse.Namespace, user_prompt: str) -> dict[Path, str]:
-    """Prompts for a chunk: saved ones (--prompts-from), else one batched extractor call, else the text."""
-    from ..pipeline import bicubic_upscale
-
-    if args.prompts_from is not None:
-        return {}  # read per image, so one missing file fails only its image
-    if pipe.prompt_extractor is None or not images:
-        return dict.fromkeys(images, user_prompt)
-    upscaled = [bicubic_upscale(loaded.rgb, args.upscale) for loaded in images.values()]
-    return dict(zip(images, pipe.prompt_extractor(upscaled, user_prompt), strict=True))
-
-
-def _saved_prompt(folder: Path, src: Path) -> str:
-    path = folder / f"{src.stem}.txt"
-    if not path.is_file():
-        raise ValueError(f"no saved prompt {path}")
-    return path.read_text(encoding="utf-8").rstrip("\n")
-
-
-def _build_pipeline(args: argparse.Namespace, rank: int, world: int):
-    import torch
-
-    from ..checkpoint import DEFAULT_WEIGHTS
-    from ..device import pick_decoder_dtype, pick_device, pick_dtype
-    from ..pipeline import OSEDiffPipeline, TileConfig
-
-    device = pick_device(args.device)
-    if world > 1 and device.type == "cuda":
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)) % torch.cuda.device_count())
-    dtype = pick_dtype(args.dtype, device)
-    user_prompt = "" if args.prompt_extractor == "none" else args.prompt
-    # one fixed prompt for the whole batch: encoded while loading, then the text encoder is freed
-    fixed = args.prompt_extractor in ("none", "text") and args.prompts_from is None
-    pipe = OSEDiffPipeline.from_pretrained(
-        args.base, args.weights or DEFAULT_WEIGHTS, device=device, dtype=dtype, merge_lora=not args.no_merge,
-        local_files_only=args.offline, prompts=[user_prompt] if fixed else None,
-    )
-    pipe.optimize(channels_last=True, compile_unet=args.compile,
-                  decoder_dtype=pick_decoder_dtype(args.decoder_dtype, device, dtype))
-    if args.preview_decoder:
-        from diffusers import AutoencoderTiny
-
-        pipe.use_preview_decoder(AutoencoderTiny.from_pretrained(args.preview_decoder,
-                                                                 local_files_only=args.offline))
-    if args.prompt_extractor not in ("none", "text") and args.prompts_from is None:
-        pipe.prompt_extractor = _build_extractor(args, device, dtype)
-    tiles = TileConfig(enabled=not args.no_tiling, latent_tile=args.latent_tile,
-                       latent_overlap=args.latent_overlap, vae_encoder_tile=args.vae_encoder_tile,
-                       vae_decoder_tile=args.vae_decoder_tile, batch_size=args.tile_batch,
-                       vae_maps=args.vae_maps)
-    return pipe, tiles, user_prompt
-
-
-def _build_extractor(args: argparse.Namespace, device, dtype):
-    """The chosen image-to-prompt model; a missing model fails unless --prompt-fallback says otherwise."""
-    import torch
-
-    from ..checkpoint import ModelNotFoundError
-    from ..prompts import create_prompt_extractor
-
-    name = args.prompt_extractor
-    dtype_name = {torch.float16: "fp16", torch.bfloat16: "bf16"}.get(dtype, "fp32")
-    common = {"device": str(device), "dtype": dtype_name, "batch_size": args.prompt_batch_size,
-              "local_files_only": args.offline}
-    kwargs: dict = {}
-    if name == "dape":
-        kwargs = {"ram_path": args.ram, "dape_path": args.dape, "tags_path": args.ram_tags, **common}
-    elif name == "ram":
-        kwargs = {"ram_path": args.ram, "tags_path": args.ram_tags, **common}
-    elif name == "caption":
-        kwargs = {"model": args.captioner, **common}
     try:
-        return create_prompt_extractor(name, **kwargs)
-    except ModelNotFoundError as err:
-        if args.prompt_fallback is None:
-            raise RuntimeError(f"prompt extractor {name!r}: {err} (pass --prompt-fallback text to go on "
-                               "without it)") from None
-        print(f"warning: prompt extractor {name!r} unavailable ({err}); using {args.prompt_fallback!r}",
-              file=sys.stderr)
-        return create_prompt_extractor(args.prompt_fallback)
+        summary = run_batch(config, on_start=start, on_record=report)
+    finally:
+        if bar is not None:
+            bar.close()
+    if summary.skipped == len(summary.records):
+        print(f"all {summary.skipped} outputs exist in {config.output}; nothing to do")
+        return 0
+    done = summary.written
+    mean = summary.image_seconds / done if done else 0.0
+    shard_note = f" [process {config.rank + 1}/{config.world}]" if config.world > 1 else ""
+    print(f"done{shard_note}: {done} written to {config.output}, {summary.failed} failed, {summary.skipped} skipped; "
+          f"{summary.image_seconds:.1f} s total, {mean:.2f} s/image")
+    return 1 if summary.failed else 0
