@@ -27,6 +27,7 @@ COMMANDS: dict[str, str] = {
     "train": "osediff.cli.train",
     "demo": "osediff.cli.demo",
     "compare": "osediff.cli.compare",
+    "serve": "osediff.cli.serve",
 }
 
 

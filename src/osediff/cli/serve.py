@@ -1,0 +1,167 @@
+"""``osediff serve``: the HTTP service (Ray Serve + FastAPI) for applications.
+
+POST an image to /v1/upscale and get it back upscaled; /docs has the API. Requests are batched
+per replica; a full queue answers 503 with Retry-After. Stops cleanly on SIGTERM or Ctrl-C.
+Needs the 'serve' extra: pip install 'osediff[serve]'.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import signal
+import sys
+import threading
+
+from .options import add_model_options
+
+MODEL_EXTRACTORS = ("dape", "ram", "caption")
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    from ..prompts import available_prompt_extractors
+
+    p = subparsers.add_parser("serve", help="serve the HTTP API on Ray Serve (needs the 'serve' extra)",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; 0.0.0.0 for all)")
+    p.add_argument("--port", type=int, default=8000, help="HTTP port (default 8000)")
+    p.add_argument("--api-key-env", metavar="VAR", default=None,
+                   help="require the API key held in environment variable VAR (Authorization: Bearer KEY)")
+    p.add_argument("--prompt-extractor", action="append", choices=available_prompt_extractors(), default=None,
+                   help="extractor to load at start-up (repeatable; the first is the default for requests; "
+                        "text and none are always available; default: text)")
+    p.add_argument("--dape", default=None, help="DAPE.pth path or hf:// / URL spec (for dape)")
+    p.add_argument("--ram", default=None, help="ram_swin_large_14m.pth path or hf:// / URL spec (dape, ram)")
+    p.add_argument("--ram-tags", default=None, help="RAM tag list (folder or ram_tag_list.txt)")
+    p.add_argument("--captioner", default=None, help="hub id or folder of an image-to-text model (caption)")
+    model = add_model_options(p)
+    model.add_argument("--decoder-dtype", default="auto",
+                       help="VAE decoder dtype (auto: bf16 on CPUs with native bf16, else --dtype)")
+    scale = p.add_argument_group("scaling and batching")
+    count = scale.add_mutually_exclusive_group()
+    count.add_argument("--replicas", type=int, default=1, help="model replicas (default 1)")
+    count.add_argument("--autoscale", metavar="MIN:MAX", default=None, help="autoscale between MIN and MAX replicas")
+    scale.add_argument("--max-batch-size", type=int, default=4, help="requests per model call (default 4)")
+    scale.add_argument("--batch-wait-ms", type=float, default=20.0,
+                       help="how long a batch waits to fill up (default 20 ms)")
+    scale.add_argument("--max-ongoing-requests", type=int, default=None,
+                       help="requests a replica holds at once (default 2 x --max-batch-size)")
+    scale.add_argument("--max-queued-requests", type=int, default=16,
+                       help="requests waiting per proxy before 503 (default 16)")
+    scale.add_argument("--replica-cpus", type=float, default=1.0, help="CPUs reserved per replica (default 1)")
+    scale.add_argument("--threads", type=int, default=None, help="torch threads per replica (default: its CPUs)")
+    scale.add_argument("--ray-address", default=None,
+                       help="join this Ray cluster (e.g. auto or ray://head:10001) instead of starting one")
+    scale.add_argument("--metrics-port", type=int, default=None,
+                       help="Prometheus metrics port of the local Ray node (default: Ray picks one)")
+    limits = p.add_argument_group("limits per request")
+    limits.add_argument("--max-upload-mb", type=float, default=20.0, help="largest body in MB (default 20)")
+    limits.add_argument("--max-pixels", type=int, default=2048 * 2048, help="largest input (default 2048*2048)")
+    limits.add_argument("--max-output-pixels", type=int, default=4096 * 4096,
+                        help="largest output (default 4096*4096)")
+    limits.add_argument("--max-upscale", type=float, default=8.0, help="largest factor (default 8)")
+    p.add_argument("--log-level", default="WARNING", choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+                   help="Ray Serve log level (INFO logs every request)")
+    p.set_defaults(run=run)
+
+
+def _fail(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return 2
+
+
+def _check_options(args: argparse.Namespace) -> str | None:
+    """The first problem with the options, before anything is loaded."""
+    if not 1 <= args.port <= 65535:
+        return f"--port must be 1-65535, got {args.port}"
+    if args.replicas < 1:
+        return f"--replicas must be at least 1, got {args.replicas}"
+    for flag, value in (("--max-batch-size", args.max_batch_size), ("--max-queued-requests", args.max_queued_requests),
+                        ("--max-pixels", args.max_pixels), ("--max-output-pixels", args.max_output_pixels)):
+        if value < 1:
+            return f"{flag} must be at least 1, got {value}"
+    if args.max_ongoing_requests is not None and args.max_ongoing_requests < args.max_batch_size:
+        return f"--max-ongoing-requests ({args.max_ongoing_requests}) must be at least --max-batch-size"
+    if args.batch_wait_ms < 0 or args.max_upload_mb <= 0 or args.max_upscale < 1 or args.replica_cpus < 0:
+        return "--batch-wait-ms >= 0, --max-upload-mb > 0, --max-upscale >= 1 and --replica-cpus >= 0 are required"
+    if args.api_key_env is not None and not os.environ.get(args.api_key_env):
+        return f"--api-key-env {args.api_key_env}: that environment variable is not set or empty"
+    return None
+
+
+def build_config(args: argparse.Namespace):
+    """Resolve the model files once, here (one-line errors), so replicas only read local paths."""
+    from ..checkpoint import DEFAULT_WEIGHTS, resolve_base, resolve_file
+    from ..checkpoint.hub import WEIGHTS_MIRRORS
+    from ..serve.engine import ALWAYS_LOADED, ServeConfig, file_sha256
+    from ..serve.limits import ServeLimits
+
+    base = resolve_base(args.base, local_files_only=args.offline)
+    spec = args.weights or DEFAULT_WEIGHTS
+    mirrors = WEIGHTS_MIRRORS[1:] if spec == DEFAULT_WEIGHTS else ()
+    weights = resolve_file(spec, mirrors=mirrors, local_files_only=args.offline)
+    chosen = args.prompt_extractor or ["text"]
+    extractors = tuple(dict.fromkeys([*chosen, *ALWAYS_LOADED]))
+    api_key = os.environ.get(args.api_key_env) if args.api_key_env else None
+    cpus = max(1, int(args.replica_cpus))
+    return ServeConfig(
+        base=str(base), weights=str(weights), device=args.device, dtype=args.dtype, decoder_dtype=args.decoder_dtype,
+        extractors=extractors, default_extractor=chosen[0], offline=args.offline,
+        extractor_files={"dape": args.dape, "ram": args.ram, "tags": args.ram_tags, "captioner": args.captioner},
+        limits=ServeLimits(max_bytes=int(args.max_upload_mb * 1024 * 1024), max_pixels=args.max_pixels,
+                           max_output_pixels=args.max_output_pixels, max_upscale=args.max_upscale),
+        max_batch_size=args.max_batch_size, batch_wait_s=args.batch_wait_ms / 1000,
+        api_key_sha256=hashlib.sha256(api_key.encode()).hexdigest() if api_key else None,
+        threads=args.threads or cpus, weights_sha256=file_sha256(weights),
+        base_label=args.base or "SD-2.1-base (default mirrors)", weights_label=os.path.basename(str(spec)),
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    problem = _check_options(args)
+    if problem:
+        return _fail(problem)
+    try:
+        import ray
+        from ray import serve
+    except ImportError:
+        return _fail("osediff serve needs Ray Serve: pip install 'osediff[serve]'")
+    from ..errors import OSEDiffError
+    from ..serve.app import Scaling, build_app, parse_autoscale
+
+    try:
+        autoscale = parse_autoscale(args.autoscale) if args.autoscale else None
+        config = build_config(args)
+        from ..device import pick_device
+
+        gpus = 1.0 if pick_device(args.device).type == "cuda" else 0.0
+    except (OSEDiffError, ValueError, RuntimeError, OSError) as err:
+        message = err.cli_message() if hasattr(err, "cli_message") else str(err)
+        return _fail(message.splitlines()[0])
+    scaling = Scaling(replicas=args.replicas, autoscale=autoscale, max_ongoing_requests=args.max_ongoing_requests,
+                      max_queued_requests=args.max_queued_requests, replica_cpus=args.replica_cpus,
+                      replica_gpus=gpus)
+
+    print("starting Ray Serve and loading the model ...", flush=True)
+    ray.init(address=args.ray_address, include_dashboard=False, _metrics_export_port=args.metrics_port,
+             logging_level=args.log_level)
+    # after ray.init, which installs its own fatal-signal handler: SIGTERM must shut down, not dump
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        logging_config = {"log_level": args.log_level}
+        serve.start(http_options={"host": args.host, "port": args.port}, logging_config=logging_config)
+        serve.run(build_app(config, scaling), name="osediff", route_prefix="/", logging_config=logging_config)
+        url = f"http://{args.host}:{args.port}"
+        print(f"serving on {url} (API docs {url}/docs); SIGTERM or Ctrl-C stops it", flush=True)
+        while not stop.wait(0.5):
+            pass
+        print("stopping ...", flush=True)
+        return 0
+    except Exception as err:  # Ray wraps a replica's failure to load in its own exception types
+        return _fail(f"the service did not start: {str(err).strip().splitlines()[-1]}")
+    finally:
+        serve.shutdown()
+        ray.shutdown()
