@@ -13,6 +13,7 @@ from osediff.lora import VAE_ADAPTER, attach_lora_adapters
 from osediff.testing import random_weights
 from osediff.tiling.groupnorm import ChannelStats, group_norm
 from osediff.tiling.layerwise import Grid, TiledRunner, split_axis
+from osediff.tiling.memory import decoded_pixels, tiled_vae_map_bytes, vae_map_store
 from osediff.tiling.vae import tiled_decode, tiled_encode
 
 
@@ -162,11 +163,32 @@ def test_lagged_in_place_pass_reads_every_neighbour_before_overwriting_it():
     kernel = torch.randn(3, 3, 5, 5)
     expected = F.conv2d(x, kernel, padding=2)
     run = TiledRunner(Grid.cover(37, 29, 8, row_tile=5), torch.device("cpu"), torch.float32, torch.device("cpu"))
-    out, stats = run.run(lambda r: F.conv2d(r, kernel, padding=2), [x], halo=2, out=x, lagged=True)
+    out, stats = run.overwrite(lambda r: F.conv2d(r, kernel, padding=2), x, halo=2)
     assert out is x and torch.allclose(x, expected, atol=1e-5)
     assert torch.allclose(stats.mean, expected.mean(dim=(2, 3)), atol=1e-5)
-    with pytest.raises(ValueError, match="lagged"):
-        run.run(lambda r: r, [x], lagged=True)
+    with pytest.raises(ValueError, match="input's size"):
+        run.overwrite(lambda r: r, x, out=torch.empty(1, 3, 10, 10))
+
+
+def test_each_pass_tiles_a_map_by_its_size_alone():
+    """The runner keeps no grid between passes: a map at half or twice the input's size gets the
+    input's tiling scaled to it, aligned to the downsampling still to come."""
+    cpu = torch.device("cpu")
+    grid = Grid.cover(64, 96, 32, align=8)
+    run = TiledRunner(grid, cpu, torch.float32, cpu, align=8)
+    assert run.tiles([torch.zeros(1, 4, 64, 96)]) is grid
+    assert run.tiles([torch.zeros(1, 4, 32, 48)]) == grid.scaled(1, 2)
+    assert run.tiles([torch.zeros(1, 4, 128, 192)]) == grid.scaled(2, 1)
+    with pytest.raises(ValueError, match="rescaled"):
+        run.tiles([torch.zeros(1, 4, 32, 40)])
+    # 4-channel tiles of at most 48 pixels at half size: bounds multiples of 4 (8 / 2), not all of 8
+    narrow = TiledRunner(grid, cpu, torch.float32, cpu, align=8, max_tile_elements=4 * 48)
+    bounds = [v for core in narrow.tiles([torch.zeros(1, 4, 32, 48)]).cores for v in core]
+    assert all(v % 4 == 0 for v in bounds) and any(v % 8 for v in bounds)
+    x = torch.randn(1, 4, 32, 48)
+    first, _ = run.map(lambda r: r * 2, [x])
+    second, _ = run.map(lambda r: r * 2, [x])  # the same tiling again: nothing carried over
+    assert torch.equal(first, x * 2) and torch.equal(second, first)
 
 
 def test_per_tile_attention_is_an_approximation_that_becomes_exact_with_full_context(vae):
@@ -228,3 +250,16 @@ def test_rejects_bad_input(vae):
         tiled_encode(vae, torch.zeros(1, 3, 60, 64), tile_size=32)
     with pytest.raises(ValueError, match="attention"):
         tiled_decode(vae, torch.zeros(1, 4, 16, 16), tile_size=8, attention="none")  # type: ignore[arg-type]
+
+
+def test_map_memory_estimate_decides_where_the_maps_live(monkeypatch):
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert decoded_pixels(torch.zeros(1, 4, 256, 128)) == 2048 * 1024
+    # 2048x2048 in fp16: 384 full-resolution channels x 4 Mpx x 2 B
+    assert tiled_vae_map_bytes(2048 * 2048, torch.float16) == 3 * 2**30
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (12 * 2**30 + 4, 80 * 2**30))
+    assert vae_map_store("auto", cuda, 2048 * 2048, torch.float16) == cuda  # not over a quarter of it
+    assert vae_map_store("auto", cuda, 2048 * 2048, torch.float32) == cpu
+    assert vae_map_store("auto", cpu, 8192 * 8192, torch.float32) == cpu
+    with pytest.raises(ValueError, match="vae_maps"):
+        vae_map_store("disk", cuda, 64, torch.float16)  # type: ignore[arg-type]

@@ -35,10 +35,8 @@ from .diffusion import ONE_STEP_TIMESTEP, predict_x0
 from .lora import VAE_ADAPTER, attach_lora_adapters, merge_lora
 from .prompts.base import PromptExtractor
 from .tiling.latent import tiled_apply
+from .tiling.memory import decoded_pixels, vae_map_store
 
-# full-resolution channels the tiled SD decoder stores at once when it does not recompute: the
-# upsampled 256-channel map plus the first resnet's 128-channel inner map
-_LIVE_MAP_CHANNELS = 256 + 128
 LatentMode = Literal["mode", "sample"]
 
 
@@ -63,13 +61,7 @@ class TileConfig:
 
     def vae_store(self, device: torch.device, pixels: int, dtype: torch.dtype) -> torch.device:
         """Where the tiled VAE of a ``pixels``-pixel image keeps its maps (see the class docstring)."""
-        if self.vae_maps not in ("auto", "device", "cpu"):
-            raise ValueError(f"vae_maps must be 'auto', 'device' or 'cpu', got {self.vae_maps!r}")
-        if self.vae_maps == "cpu" or (self.vae_maps == "auto" and device.type == "cuda"
-                                      and _LIVE_MAP_CHANNELS * pixels * dtype.itemsize
-                                      > torch.cuda.mem_get_info(device)[0] / 4):
-            return torch.device("cpu")
-        return device
+        return vae_map_store(self.vae_maps, device, pixels, dtype)
 
 
 @dataclass
@@ -259,7 +251,7 @@ class OSEDiffPipeline:
         if tiles.enabled and max(z.shape[-2:]) > tiles.vae_decoder_tile:
             from .tiling.vae import tiled_decode
 
-            store = tiles.vae_store(self.device, 64 * z.shape[-2] * z.shape[-1], z.dtype)
+            store = tiles.vae_store(self.device, decoded_pixels(z), z.dtype)
             x = tiled_decode(self.vae, z, tile_size=tiles.vae_decoder_tile, offload_device=store)
         else:
             x = self.vae.decode(z).sample

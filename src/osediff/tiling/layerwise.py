@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -87,6 +87,16 @@ class Grid:
         return Grid(scale(self.height), scale(self.width),
                     tuple((scale(t), scale(b), scale(le), scale(r)) for t, b, le, r in self.cores))
 
+    def resized(self, height: int, width: int) -> Grid:
+        """This tiling on a ``height`` x ``width`` map, a scaled copy of the one it covers."""
+        if (height, width) == (self.height, self.width):
+            return self
+        common = math.gcd(height, self.height)
+        grid = self.scaled(height // common, self.height // common)
+        if grid.width != width:
+            raise ValueError(f"a {height}x{width} map is not a {self.height}x{self.width} one rescaled")
+        return grid
+
     def expand(self, box: Box, halo: int) -> Box:
         t, b, left, r = box
         return max(0, t - halo), min(self.height, b + halo), max(0, left - halo), min(self.width, r + halo)
@@ -115,15 +125,19 @@ def _write_unread(out: torch.Tensor, held: list[tuple[Box, torch.Tensor]],
 class TiledRunner:
     """Runs layers over every tile of a feature map; see the module docstring.
 
+    ``grid`` is the tiling of the input; the tiling of every later map is ``grid`` scaled to that
+    map's size, so it depends on nothing but the map. Each pass cuts it further where one tile of
+    its input would exceed ``max_tile_elements`` (pixels x channels, counted at the output's size
+    for upsampling passes), so the tile temporaries stay bounded at the wide full-resolution
+    layers; ``align`` is the downsampling the input still goes through, which every tile bound
+    must divide (divided by the downsampling a map has had already).
+
+    Three kinds of pass: :meth:`map` writes a new map (or one read only pointwise),
+    :meth:`overwrite` writes over its input with a lag, :meth:`statistics` keeps only the
+    output's statistics. ``fn`` gets private copies of its tiles and may overwrite them.
     ``image_stats=False`` normalises each tile with its own statistics instead (the naive tiled
     VAE); it exists only to measure what the image-wide statistics buy. ``recompute_above`` is
     the size in bytes from which callers recompute a map instead of storing it.
-
-    ``grid`` is the tiling at the input's resolution, scaled along with the maps. Each pass cuts
-    it further where one tile of its input would exceed ``max_tile_elements`` (pixels x
-    channels, counted at the output's size for upsampling passes), so the tile temporaries stay
-    bounded at the wide full-resolution layers; ``align`` is the downsampling still to come,
-    which every tile bound must divide.
     """
 
     def __init__(self, grid: Grid, device: torch.device, dtype: torch.dtype, store: torch.device,
@@ -137,76 +151,95 @@ class TiledRunner:
         self.store = store
         self.image_stats = image_stats
         self.recompute_above = recompute_above
-        self._private: set[int] = set()  # ids of the tile copies handed to the running ``fn``
 
-    def tiles(self, channels: int, up: int = 1) -> Grid:
-        """The grid for a pass over a ``channels``-channel map whose output is ``up`` times larger."""
-        return self.grid.refined(max(1, self.max_tile_elements // (channels * up * up)), self.align)
+    def tiles(self, inputs: Sequence[torch.Tensor], up: int = 1) -> Grid:
+        """The grid of a pass over ``inputs`` (maps of one size) whose output is ``up`` times larger."""
+        height, width = inputs[0].shape[-2:]
+        grid = self.grid.resized(height, width)
+        align = max(1, self.align // max(1, self.grid.height // height))
+        channels = max(src.shape[1] for src in inputs)
+        return grid.refined(max(1, self.max_tile_elements // (channels * up * up)), align)
 
     def norm(self, x: torch.Tensor, module: nn.GroupNorm, stats: ChannelStats | None) -> torch.Tensor:
         return group_norm(x, module, stats if self.image_stats else None)
 
     def norm_act(self, x: torch.Tensor, module: nn.GroupNorm, stats: ChannelStats | None,
-                 act: nn.Module, owned: bool = False) -> torch.Tensor:
-        """``act(norm(x))`` for an ``x`` that is read by nothing else afterwards.
-
-        If ``x`` is a private copy of a tile (not a view of a stored map) or ``owned`` (a
-        temporary of ``fn``), the norm overwrites it and SiLU runs in place: two tile-sized
-        buffers fewer at the memory peak.
-        """
-        inplace = owned or id(x) in self._private
-        y = group_norm(x, module, stats if self.image_stats else None, inplace=inplace)
+                 act: nn.Module) -> torch.Tensor:
+        """``act(norm(x))``, overwriting ``x``: for a tile or temporary of ``fn`` that nothing reads
+        afterwards. The norm and SiLU then run in place: two tile-sized buffers fewer at the peak."""
+        y = group_norm(x, module, stats if self.image_stats else None, inplace=True)
         return F.silu(y, inplace=True) if type(act) is nn.SiLU else act(y)
 
-    def run(self, fn: Callable[..., torch.Tensor], inputs: Sequence[torch.Tensor], halo: int = 1,
-            up: int = 1, down: int = 1, out: torch.Tensor | None = None, collect: bool = True,
-            keep: bool = True, lagged: bool = False) -> tuple[torch.Tensor | None, ChannelStats | None]:
-        """``fn`` over every tile of ``inputs`` (cut with ``halo``); returns the output map and its stats.
+    def map(self, fn: Callable[..., torch.Tensor], inputs: Sequence[torch.Tensor], *, halo: int = 1,
+            up: int = 1, down: int = 1, out: torch.Tensor | None = None) -> tuple[torch.Tensor, ChannelStats]:
+        """``fn`` over every tile of ``inputs`` (cut with ``halo``): the output map and its statistics.
 
-        ``fn`` must be local: output pixel p depends on input pixels within ``halo`` of p / scale,
-        and may pass an input to :meth:`norm_act` only as that input's last use.
-        Its output is ``up / down`` times the size of its input. ``out`` may be ``inputs[0]`` when
-        ``fn`` uses that input only pointwise (a neighbour's halo read from it then lands in the
-        halo of the output, which is discarded), or when ``lagged``: then each output core is
-        held back until no later tile reads the input there. ``keep=False`` only collects the
-        statistics of the output (for a layer that is recomputed later instead of stored).
+        ``fn`` must be local: output pixel p depends on input pixels within ``halo`` of p / scale;
+        its output is ``up / down`` times the size of its input. The output goes to a new map on
+        ``store``, or to ``out``, which may alias ``inputs[0]`` when ``fn`` reads that input only
+        pointwise (a neighbour's halo read from it then lands in the halo of the output, which is
+        discarded).
         """
-        if lagged and (up != 1 or down != 1 or out is None):
-            raise ValueError("a lagged in-place pass needs an output map of the input's size")
-        if self.store.type == "cpu":
-            release_free_heap()  # the last pass's tile temporaries, before this pass adds a map
-        grid = self.tiles(max(src.shape[1] for src in inputs), up)
-        new_grid = grid.scaled(up, down)
-        stats = ChannelStats() if collect else None
-        regions = [grid.expand(core, halo) for core in grid.cores]
-        held: list[tuple[Box, torch.Tensor]] = []
-        for index, (core, new_core) in enumerate(zip(grid.cores, new_grid.cores, strict=True)):
-            region = regions[index]
-            parts = [_cut(src, region).to(self.device, self.dtype).contiguous(memory_format=torch.channels_last)
-                     for src in inputs]
-            self._private = {id(part) for part, src in zip(parts, inputs, strict=True)
-                             if part.untyped_storage().data_ptr() != src.untyped_storage().data_ptr()}
-            y = fn(*parts)
-            self._private = set()
-            del parts
-            top, left = (core[0] - region[0]) * up // down, (core[2] - region[2]) * up // down
-            piece = y[:, :, top:top + new_core[1] - new_core[0], left:left + new_core[3] - new_core[2]]
-            if stats is not None:
-                stats.update(piece)
-            if keep and out is None:
-                out = torch.empty((y.shape[0], y.shape[1], new_grid.height, new_grid.width), dtype=self.dtype,
-                                  device=self.store, memory_format=torch.channels_last)
-            if keep and lagged:
-                held.append((new_core, piece.to(self.store, copy=True)))
-                held = _write_unread(out, held, regions[index + 1:])
-            elif keep:
-                _cut(out, new_core).copy_(piece)
-            del y, piece
-        self.grid = self.grid.scaled(up, down)
-        self.align = max(1, self.align // down)
-        if keep and out is None:
+        height, width = (side * up // down for side in inputs[0].shape[-2:])
+        stats = ChannelStats()
+        for core, piece, _ in self._each_tile(fn, inputs, halo, up, down):
+            stats.update(piece)
+            if out is None:
+                out = torch.empty((*piece.shape[:2], height, width), dtype=self.dtype, device=self.store,
+                                  memory_format=torch.channels_last)
+            _cut(out, core).copy_(piece)
+            del piece
+        if out is None:
             raise ValueError("the grid has no tiles")
         return out, stats
+
+    def overwrite(self, fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, *, halo: int = 1,
+                  out: torch.Tensor | None = None) -> tuple[torch.Tensor, ChannelStats]:
+        """:meth:`map` for an ``fn`` that reads neighbours, written over ``x`` all the same.
+
+        The output, of ``x``'s size, goes to ``out`` (default ``x``; e.g. a view of ``x``'s leading
+        channels); each output core is held back until no later tile reads the input there.
+        """
+        out = x if out is None else out
+        if out.shape[-2:] != x.shape[-2:]:
+            raise ValueError("an overwriting pass needs an output map of the input's size")
+        stats = ChannelStats()
+        held: list[tuple[Box, torch.Tensor]] = []
+        for core, piece, pending in self._each_tile(fn, [x], halo, 1, 1):
+            stats.update(piece)
+            held.append((core, piece.to(self.store, copy=True)))
+            held = _write_unread(out, held, pending)
+            del piece
+        return out, stats
+
+    def statistics(self, fn: Callable[..., torch.Tensor], inputs: Sequence[torch.Tensor], *, halo: int = 1,
+                   up: int = 1) -> ChannelStats:
+        """Only the statistics of :meth:`map`'s output, for a map recomputed where it is read."""
+        stats = ChannelStats()
+        for _, piece, _ in self._each_tile(fn, inputs, halo, up, 1):
+            stats.update(piece)
+            del piece
+        return stats
+
+    def _each_tile(self, fn: Callable[..., torch.Tensor], inputs: Sequence[torch.Tensor], halo: int, up: int,
+                   down: int) -> Iterator[tuple[Box, torch.Tensor, Sequence[Box]]]:
+        """Per tile: its core in output pixels, ``fn``'s output there, and the input regions that
+        later tiles read. The caller drops the output before asking for the next tile."""
+        if self.store.type == "cpu":
+            release_free_heap()  # the last pass's tile temporaries, before this pass adds a map
+        grid = self.tiles(inputs, up)
+        regions = [grid.expand(core, halo) for core in grid.cores]
+        for index, (core, new_core) in enumerate(zip(grid.cores, grid.scaled(up, down).cores, strict=True)):
+            region = regions[index]
+            y = fn(*(self._tile(src, region) for src in inputs))
+            top, left = (core[0] - region[0]) * up // down, (core[2] - region[2]) * up // down
+            piece = y[:, :, top:top + new_core[1] - new_core[0], left:left + new_core[3] - new_core[2]]
+            yield new_core, piece, regions[index + 1:]
+            del y, piece
+
+    def _tile(self, src: torch.Tensor, region: Box) -> torch.Tensor:
+        """A copy of ``src``'s ``region`` on the compute device, channels_last, that ``fn`` may overwrite."""
+        return _cut(src, region).to(self.device, self.dtype, memory_format=torch.channels_last, copy=True)
 
     def attention(self, attn: nn.Module, x: torch.Tensor, stats: ChannelStats | None, mode: str,
                   margin: int) -> tuple[torch.Tensor, ChannelStats]:
@@ -238,7 +271,7 @@ class TiledRunner:
                 del t
             return split_heads(torch.cat(keys, 1)), split_heads(torch.cat(values, 1))
 
-        grid = self.tiles(channels)
+        grid = self.tiles([x])
         if mode == "global":
             key, value = keys_values(grid.cores)
             out = x  # safe in place: keys and values are fixed before any core is overwritten

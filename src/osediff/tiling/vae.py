@@ -103,33 +103,42 @@ def _resnet(run: TiledRunner, block: nn.Module, x: torch.Tensor,
     recomputes h tile by tile (halo 2) and writes the block's output over x, held back until the
     neighbours have read x. One full-size map instead of two, for a second conv1.
     """
-    def inner(r: torch.Tensor) -> torch.Tensor:
-        return block.conv1(run.norm_act(r, block.norm1, stats, block.nonlinearity))
-
     # the block's output may take x's memory: x is either read only pointwise (the stored-h path)
     # or, in the recomputing path, overwritten with a lag
     out = x if block.conv_shortcut is None else _leading_channels(x, getattr(block, "out_channels", None))
     h_bytes = x.shape[0] * block.out_channels * x.shape[2] * x.shape[3] * x.element_size()
     if h_bytes < run.recompute_above:
-        h, h_stats = run.run(inner, [x])
-        return run.run(lambda r, hr: _resnet_out(run, block, r, hr, h_stats, owned=False), [x, h], out=out)
+        h, h_stats = run.map(lambda r: _inner(run, block, r, stats), [x])
+        return run.map(lambda r, hr: _resnet_out(run, block, r, hr, h_stats), [x, h], out=out)
+    h_stats = run.statistics(lambda r: _inner(run, block, r, stats), [x])
 
     def recomputed(r: torch.Tensor) -> torch.Tensor:
-        # not norm_act: r is read again by the shortcut
-        h = block.conv1(block.nonlinearity(run.norm(r, block.norm1, stats)))
-        return _resnet_out(run, block, r, h, h_stats, owned=True)
+        return _recomputed_out(run, block, r, stats, h_stats)
 
-    _, h_stats = run.run(inner, [x], keep=False)
-    return run.run(recomputed, [x], halo=2, out=out, lagged=out is not None)
+    if out is None:
+        return run.map(recomputed, [x], halo=2)
+    return run.overwrite(recomputed, x, halo=2, out=out)
+
+
+def _inner(run: TiledRunner, block: nn.Module, x: torch.Tensor, stats: ChannelStats | None) -> torch.Tensor:
+    """A resnet's inner map conv1(act(norm1(x))) on one tile; overwrites ``x``."""
+    return block.conv1(run.norm_act(x, block.norm1, stats, block.nonlinearity))
 
 
 def _resnet_out(run: TiledRunner, block: nn.Module, x: torch.Tensor, h: torch.Tensor,
-                h_stats: ChannelStats | None, owned: bool) -> torch.Tensor:
-    """The block's output on one tile: (shortcut(x) + conv2(act(norm2(h)))) / scale; ``owned``: h
-    is a temporary the norm may overwrite."""
-    out = block.conv2(block.dropout(run.norm_act(h, block.norm2, h_stats, block.nonlinearity, owned=owned)))
+                h_stats: ChannelStats | None) -> torch.Tensor:
+    """The block's output on one tile: (shortcut(x) + conv2(act(norm2(h)))) / scale; overwrites ``h``."""
+    out = block.conv2(block.dropout(run.norm_act(h, block.norm2, h_stats, block.nonlinearity)))
     shortcut = block.conv_shortcut(x) if block.conv_shortcut is not None else x
     return out.add_(shortcut).div_(block.output_scale_factor)  # out is this tile's own
+
+
+def _recomputed_out(run: TiledRunner, block: nn.Module, x: torch.Tensor, x_stats: ChannelStats | None,
+                    h_stats: ChannelStats | None) -> torch.Tensor:
+    """:func:`_resnet_out` with the inner map recomputed from ``x`` (not :func:`_inner`: the
+    shortcut reads ``x`` again)."""
+    h = block.conv1(block.nonlinearity(run.norm(x, block.norm1, x_stats)))
+    return _resnet_out(run, block, x, h, h_stats)
 
 
 def _upsampled_resnet(run: TiledRunner, sampler: nn.Module, block: nn.Module,
@@ -139,24 +148,10 @@ def _upsampled_resnet(run: TiledRunner, sampler: nn.Module, block: nn.Module,
     Each of the block's passes recomputes ``sampler`` on its tile of h: three sampler convolutions
     and two conv1 instead of the widest map of the decoder (256 channels at full resolution).
     """
-    grid, align = run.grid, run.align
-
-    def from_h(fn: Callable[[torch.Tensor], torch.Tensor], halo: int, keep: bool):
-        run.grid, run.align = grid, align  # every pass starts again from h's resolution
-        return run.run(fn, [h], halo=halo, up=2, keep=keep)
-
-    def inner(r: torch.Tensor) -> torch.Tensor:
-        return block.conv1(run.norm_act(sampler(r), block.norm1, x_stats, block.nonlinearity, owned=True))
-
-    def whole(r: torch.Tensor) -> torch.Tensor:
-        x = sampler(r)
-        inner_map = block.conv1(block.nonlinearity(run.norm(x, block.norm1, x_stats)))
-        return _resnet_out(run, block, x, inner_map, h_stats, owned=True)
-
     # halos in h's pixels: each 3x3 convolution at 2x reaches one more upsampled pixel
-    _, x_stats = from_h(sampler, 1, keep=False)
-    _, h_stats = from_h(inner, 1, keep=False)
-    return from_h(whole, 2, keep=True)
+    x_stats = run.statistics(sampler, [h], up=2)
+    h_stats = run.statistics(lambda r: _inner(run, block, sampler(r), x_stats), [h], up=2)
+    return run.map(lambda r: _recomputed_out(run, block, sampler(r), x_stats, h_stats), [h], halo=2, up=2)
 
 
 def _leading_channels(x: torch.Tensor, channels: int | None) -> torch.Tensor | None:
@@ -232,28 +227,24 @@ def tiled_encode(vae: nn.Module, x: torch.Tensor, tile_size: int = 1024, overlap
     if not _needs_tiles(vae, x, tile_size, "encode"):
         return _plain_encode(vae, x.to(device, dtype))
     height, width = x.shape[-2:]
-    encoder = vae.encoder
-    factor = 2 ** sum(block.downsamplers is not None for block in encoder.down_blocks)
+    factor = 2 ** sum(block.downsamplers is not None for block in vae.encoder.down_blocks)
     if height % factor or width % factor:
         raise ValueError(f"image size {height}x{width} is not a multiple of {factor}")
     # cores aligned to the total downsampling so every stride-2 conv starts on an even pixel
     grid = Grid.cover(height, width, tile_size, align=factor)
     margin = max(1, (tile_size // 4 if overlap is None else overlap) // factor)
-    quant = vae.quant_conv if vae.quant_conv is not None else nn.Identity()
-    return _per_sample(x, lambda run, sample: _encode_one(run, encoder, quant, sample, attention, margin),
-                       lambda: TiledRunner(grid, device, dtype, store, image_stats=group_norm_stats == "image",
-                                           recompute_above=recompute_above, max_tile_elements=max_tile_elements,
-                                           align=factor),
-                       device, dtype)
+    run = TiledRunner(grid, device, dtype, store, image_stats=group_norm_stats == "image",
+                      recompute_above=recompute_above, max_tile_elements=max_tile_elements, align=factor)
+    return _per_sample(x, lambda sample: _encode_one(run, vae, sample, attention, margin), device, dtype)
 
 
-def _per_sample(batch: torch.Tensor, one: Callable[[TiledRunner, torch.Tensor], torch.Tensor],
-                new_runner: Callable[[], TiledRunner], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """``one`` on each sample with a fresh runner: samples are independent, and one at a time bounds
-    the stored maps (and keeps GroupNorm statistics per image)."""
+def _per_sample(batch: torch.Tensor, one: Callable[[torch.Tensor], torch.Tensor], device: torch.device,
+                dtype: torch.dtype) -> torch.Tensor:
+    """``one`` on each sample: samples are independent, and one at a time bounds the stored maps
+    (and keeps GroupNorm statistics per image)."""
     result = None
     for i in range(batch.shape[0]):
-        h = one(new_runner(), batch[i:i + 1])
+        h = one(batch[i:i + 1])
         if result is None:
             result = torch.empty((batch.shape[0], *h.shape[1:]), dtype=dtype, device=device)
         result[i:i + 1] = h
@@ -262,19 +253,19 @@ def _per_sample(batch: torch.Tensor, one: Callable[[TiledRunner, torch.Tensor], 
     return result
 
 
-def _encode_one(run: TiledRunner, encoder: nn.Module, quant: nn.Module, x: torch.Tensor, attention: str,
-                margin: int) -> torch.Tensor:
-    h, stats = run.run(encoder.conv_in, [x])
+def _encode_one(run: TiledRunner, vae: nn.Module, x: torch.Tensor, attention: str, margin: int) -> torch.Tensor:
+    encoder = vae.encoder
+    quant = vae.quant_conv if vae.quant_conv is not None else nn.Identity()
+    h, stats = run.map(encoder.conv_in, [x])
     for block in encoder.down_blocks:
         for resnet in block.resnets:
             h, stats = _resnet(run, resnet, h, stats)
         for sampler in block.downsamplers or []:
             # halo 2 keeps each tile's start even, so its stride-2 grid is the image's
-            h, stats = run.run(sampler, [h], halo=2, down=2)
+            h, stats = run.map(sampler, [h], halo=2, down=2)
     h, stats = _mid_block(run, encoder.mid_block, h, stats, attention, margin)
     norm = encoder.conv_norm_out
-    h, _ = run.run(lambda r: quant(encoder.conv_out(run.norm_act(r, norm, stats, encoder.conv_act))), [h],
-                   collect=False)
+    h, _ = run.map(lambda r: quant(encoder.conv_out(run.norm_act(r, norm, stats, encoder.conv_act))), [h])
     return h
 
 
@@ -295,19 +286,17 @@ def tiled_decode(vae: nn.Module, z: torch.Tensor, tile_size: int = 224, overlap:
     if not _needs_tiles(vae, z, tile_size, "decode"):
         return _plain_decode(vae, z.to(device, dtype))
     height, width = z.shape[-2:]
-    decoder = vae.decoder
     grid = Grid.cover(height, width, tile_size)
     margin = max(1, tile_size // 4 if overlap is None else overlap)
+    run = TiledRunner(grid, device, dtype, store, image_stats=group_norm_stats == "image",
+                      recompute_above=recompute_above, max_tile_elements=max_tile_elements)
+    return _per_sample(z, lambda sample: _decode_one(run, vae, sample, attention, margin), device, dtype)
+
+
+def _decode_one(run: TiledRunner, vae: nn.Module, z: torch.Tensor, attention: str, margin: int) -> torch.Tensor:
+    decoder = vae.decoder
     post_quant = vae.post_quant_conv if vae.post_quant_conv is not None else nn.Identity()
-    return _per_sample(z, lambda run, sample: _decode_one(run, decoder, post_quant, sample, attention, margin),
-                       lambda: TiledRunner(grid, device, dtype, store, image_stats=group_norm_stats == "image",
-                                           recompute_above=recompute_above, max_tile_elements=max_tile_elements),
-                       device, dtype)
-
-
-def _decode_one(run: TiledRunner, decoder: nn.Module, post_quant: nn.Module, z: torch.Tensor, attention: str,
-                margin: int) -> torch.Tensor:
-    h, stats = run.run(lambda r: decoder.conv_in(post_quant(r)), [z])
+    h, stats = run.map(lambda r: decoder.conv_in(post_quant(r)), [z])
     h, stats = _mid_block(run, decoder.mid_block, h, stats, attention, margin)
     pending = None  # an upsampler recomputed inside the next resnet instead of stored
     for block in decoder.up_blocks:
@@ -321,9 +310,9 @@ def _decode_one(run: TiledRunner, decoder: nn.Module, post_quant: nn.Module, z: 
             if 4 * h.numel() * h.element_size() > run.recompute_above:
                 pending = sampler
             else:
-                h, stats = run.run(sampler, [h], up=2)
+                h, stats = run.map(sampler, [h], up=2)
     if pending is not None:
-        h, stats = run.run(pending, [h], up=2)
+        h, stats = run.map(pending, [h], up=2)
     norm = decoder.conv_norm_out
-    h, _ = run.run(lambda r: decoder.conv_out(run.norm_act(r, norm, stats, decoder.conv_act)), [h], collect=False)
+    h, _ = run.map(lambda r: decoder.conv_out(run.norm_act(r, norm, stats, decoder.conv_act)), [h])
     return h
