@@ -35,7 +35,7 @@ MAX_BYTES = 2 * 1024 * 1024
 
 
 def make_compare(out: Path) -> Path:
-    from osediff.compare import compare_folders
+    from osediff.evaluation.compare import compare_folders
     from osediff.images import save_image_atomic
 
     grid = compare_folders(REALSR / "lr", [REALSR / "osediff_published"], REALSR / "hr",

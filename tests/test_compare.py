@@ -7,7 +7,8 @@ import pytest
 from PIL import Image
 
 from osediff.cli import main
-from osediff.compare import (
+from osediff.errors import OSEDiffError
+from osediff.evaluation.compare import (
     BOX_COLOUR,
     GAP,
     TITLE_HEIGHT,
@@ -17,6 +18,7 @@ from osediff.compare import (
     pair_images,
     parse_crop,
 )
+from osediff.evaluation.pairing import EvalInputError, pair_folders
 
 NAMES = ("a", "b")
 
@@ -85,6 +87,26 @@ def test_ambiguous_and_wrong_shapes(folders):
         compare_folders(folders["lq"], [folders["m1"], folders["m2"]], folders["gt"])
     with pytest.raises(CompareError, match="lies outside"):
         compare_folders(folders["lq"], [folders["m1"]], crop="60,60,16,16")
+
+
+def test_hidden_temp_files_of_atomic_writes_are_not_paired(folders):
+    """A write still running leaves a hidden temp file beside the images: listed, it would be an LQ
+    image with no match in the method folders, or a result with no ground truth."""
+    for key in ("lq", "m1"):
+        Image.new("RGB", (16, 16)).save(folders[key] / ".x.AbCd.png")
+    assert [r.name for r in pair_images(folders["lq"], [folders["m1"]], folders["gt"])] == list(NAMES)
+    assert [p.name for p in pair_folders(folders["m1"], folders["gt"])] == ["a.png", "b.png"]
+
+
+def test_folder_errors_are_user_facing_and_name_the_role(folders, tmp_path):
+    with pytest.raises(CompareError, match="missing: LQ folder does not exist") as err:
+        pair_images(tmp_path / "missing", [folders["m1"]])
+    assert isinstance(err.value, OSEDiffError)
+    with pytest.raises(OSEDiffError, match="no images in the method folder"):
+        pair_images(folders["lq"], [tmp_path])
+    with pytest.raises(EvalInputError, match="ground-truth folder does not exist") as err:
+        pair_folders(folders["m1"], tmp_path / "missing")
+    assert isinstance(err.value, OSEDiffError)
 
 
 def test_parse_crop_and_auto_crop():

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 
@@ -25,16 +24,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..compare import CompareError, compare_folders
+    from ..evaluation.compare import compare_folders
     from ..images import save_image_atomic
 
-    try:
-        grid = compare_folders(args.lq_dir, args.sr_dirs, args.gt, names=args.names, crop=args.crop,
-                               zoom=args.zoom, limit=args.limit, select=args.select,
-                               panel_width=args.panel_width, row_labels=not args.no_row_labels)
-    except CompareError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    # a CompareError is an OSEDiffError: the CLI prints it in one line and exits with 2
+    grid = compare_folders(args.lq_dir, args.sr_dirs, args.gt, names=args.names, crop=args.crop,
+                           zoom=args.zoom, limit=args.limit, select=args.select,
+                           panel_width=args.panel_width, row_labels=not args.no_row_labels)
     save_image_atomic(grid, args.output, optimize=True)
     print(f"wrote {args.output} ({grid.width}x{grid.height})")
     return 0

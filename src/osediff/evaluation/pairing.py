@@ -7,18 +7,20 @@ computed, so one run reports all of them at once.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from ..images import IMAGE_SUFFIXES
+from ..errors import OSEDiffError
+from ..images import IMAGE_SUFFIXES, list_images
 
 _SHOWN = 5  # names listed per problem before "and N more"
 
 
-class EvalInputError(ValueError):
+class EvalInputError(OSEDiffError, ValueError):
     """Folders or images that cannot be evaluated; the message names the path and the problem."""
 
 
@@ -29,19 +31,18 @@ class ImagePair:
     gt: Path | None
 
 
-def list_images(folder: Path, role: str) -> dict[str, Path]:
-    """Images directly inside ``folder`` keyed by stem; hidden files (atomic-write temps) are ignored."""
+def images_by_stem(folder: str | os.PathLike, role: str) -> dict[str, Path]:
+    """The images of ``folder`` (:func:`osediff.images.list_images`) keyed by file stem, which
+    pairs them across folders; ``role`` (e.g. "result") names the folder in the messages."""
     folder = Path(folder)
     if not folder.exists():
         raise EvalInputError(f"{folder}: {role} folder does not exist")
     if not folder.is_dir():
         raise EvalInputError(f"{folder}: {role} path is not a folder")
     found: dict[str, Path] = {}
-    for path in sorted(folder.iterdir()):
-        if path.name.startswith(".") or path.suffix.lower() not in IMAGE_SUFFIXES or not path.is_file():
-            continue
+    for path in list_images(folder):
         if path.stem in found:
-            raise EvalInputError(f"{folder}: {found[path.stem].name} and {path.name} have the same name; "
+            raise EvalInputError(f"{folder}: both {found[path.stem].name} and {path.name} have the same name; "
                                  "keep one so images can be paired")
         found[path.stem] = path
     if not found:
@@ -65,13 +66,13 @@ def image_size(path: Path) -> tuple[int, int]:
 
 def pair_folders(sr_dir: Path, gt_dir: Path | None, *, ignore_unmatched: bool = False) -> list[ImagePair]:
     """Pairs sorted by name; raises EvalInputError listing unmatched names and size mismatches."""
-    sr = list_images(sr_dir, "result")
+    sr = images_by_stem(sr_dir, "result")
     if gt_dir is None:
         pairs = [ImagePair(path.name, path, None) for path in sr.values()]
         for pair in pairs:
             image_size(pair.sr)
         return pairs
-    gt = list_images(gt_dir, "ground-truth")
+    gt = images_by_stem(gt_dir, "ground-truth")
     only_sr = sorted(sr[s].name for s in sr.keys() - gt.keys())
     only_gt = sorted(gt[s].name for s in gt.keys() - sr.keys())
     if (only_sr or only_gt) and not ignore_unmatched:

@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from .images import IMAGE_SUFFIXES
+from ..errors import OSEDiffError
+from .pairing import EvalInputError, images_by_stem
 
 Box = tuple[int, int, int, int]  # x, y, width, height in reference (HQ / SR) pixels
 GAP = 8
@@ -26,7 +27,7 @@ BACKGROUND = (255, 255, 255)
 TEXT_COLOUR = (20, 20, 20)
 
 
-class CompareError(ValueError):
+class CompareError(OSEDiffError, ValueError):
     """Inputs that cannot make a figure; the message says which folder or image and why."""
 
 
@@ -38,28 +39,19 @@ class CompareRow:
     gt: Path | None = None
 
 
-def index_folder(folder: str | os.PathLike) -> dict[str, Path]:
-    """Images in ``folder`` by stem; two files sharing a stem (a.png, a.jpg) would make pairing ambiguous."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise CompareError(f"{folder}: not a folder")
-    found: dict[str, Path] = {}
-    for path in sorted(folder.iterdir()):
-        if path.suffix.lower() not in IMAGE_SUFFIXES or not path.is_file():
-            continue
-        if path.stem in found:
-            raise CompareError(f"{folder}: both {found[path.stem].name} and {path.name} match {path.stem!r}")
-        found[path.stem] = path
-    if not found:
-        raise CompareError(f"{folder}: no images")
-    return found
+def index_folder(folder: str | os.PathLike, role: str) -> dict[str, Path]:
+    """Images in ``folder`` by stem, as evaluation pairs them (:func:`.pairing.images_by_stem`)."""
+    try:
+        return images_by_stem(folder, role)
+    except EvalInputError as err:
+        raise CompareError(str(err)) from None
 
 
 def pair_images(lq_dir: str | os.PathLike, method_dirs: Sequence[str | os.PathLike],
                 gt_dir: str | os.PathLike | None = None, select: Sequence[str] | None = None,
                 limit: int | None = None) -> list[CompareRow]:
     """Rows for the LQ images (all, sorted, or ``select`` in that order), each found in every other folder."""
-    lq = index_folder(lq_dir)
+    lq = index_folder(lq_dir, "LQ")
     if select:
         stems = [Path(s).stem for s in select]
         unknown = [s for s in stems if s not in lq]
@@ -68,8 +60,8 @@ def pair_images(lq_dir: str | os.PathLike, method_dirs: Sequence[str | os.PathLi
     else:
         stems = sorted(lq)
     stems = stems[:limit] if limit else stems
-    others = [index_folder(d) for d in method_dirs]
-    gt = index_folder(gt_dir) if gt_dir is not None else None
+    others = [index_folder(d, "method") for d in method_dirs]
+    gt = index_folder(gt_dir, "HQ") if gt_dir is not None else None
     for folder, index in [*zip(method_dirs, others, strict=True), *([(gt_dir, gt)] if gt is not None else [])]:
         missing = [s for s in stems if s not in index]
         if missing:
