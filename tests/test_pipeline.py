@@ -257,3 +257,77 @@ def test_fixed_prompts_are_encoded_at_load_and_the_text_encoder_is_not_kept(tiny
     assert torch.equal(a, b)
     with pytest.raises(RuntimeError, match="not among the prompts encoded at load time"):
         lean.run(image, 2, "a dog")
+
+
+def _decoder_state(pipe: OSEDiffPipeline) -> tuple[bool, torch.dtype]:
+    weight = pipe.vae.decoder.conv_in.weight
+    return weight.is_contiguous(memory_format=torch.channels_last), weight.dtype
+
+
+def test_from_pretrained_gives_the_fast_settings_by_default(tiny_base_dir, tiny_pkl, monkeypatch):
+    monkeypatch.setattr("osediff.device.cpu_has_native_bf16", lambda: True)  # a CPU where bf16 decoding pays
+    default = OSEDiffPipeline.from_pretrained(tiny_base_dir, tiny_pkl, device="cpu")
+    assert _decoder_state(default) == (True, torch.bfloat16)
+    assert default.vae.encoder.conv_in.weight.dtype == torch.float32
+    fp32 = OSEDiffPipeline.from_pretrained(tiny_base_dir, tiny_pkl, device="cpu", decoder_dtype=torch.float32)
+    assert _decoder_state(fp32) == (True, torch.float32)
+    plain = OSEDiffPipeline.from_pretrained(tiny_base_dir, tiny_pkl, device="cpu", optimize=False)
+    assert _decoder_state(plain) == (False, torch.float32)
+
+
+def test_from_pretrained_is_quiet_and_leaves_library_logging_as_it_was(tiny_base_dir, tiny_pkl, capfd):
+    import transformers.utils.logging as hf_logging
+
+    hf_logging.set_verbosity_info()
+    hf_logging.enable_progress_bar()
+    try:
+        OSEDiffPipeline.from_pretrained(tiny_base_dir, tiny_pkl, device="cpu", merge_lora=False)
+        out, err = capfd.readouterr()
+        assert "Loading weights" not in out + err and "kept in float32" not in out + err
+        assert hf_logging.get_verbosity() == hf_logging.INFO and hf_logging.is_progress_bar_enabled()
+    finally:
+        hf_logging.set_verbosity_warning()
+
+
+def test_from_pretrained_finds_every_file_before_loading(tiny_base_dir, tmp_path, monkeypatch):
+    from osediff.checkpoint import ModelNotFoundError
+
+    def must_not_load(*args, **kwargs):
+        raise AssertionError("loaded a model before every file was found")
+
+    monkeypatch.setattr("osediff.pipeline.load_base_components", must_not_load)
+    with pytest.raises(ModelNotFoundError) as info:
+        OSEDiffPipeline.from_pretrained(tiny_base_dir, tmp_path / "osediff.pkl", device="cpu")
+    assert "file not found; pass weights=" in str(info.value) and "--weights" not in str(info.value)
+
+
+def test_prompt_cache_is_safe_across_threads(fresh_components, monkeypatch):
+    import threading
+    import time
+
+    pipe = OSEDiffPipeline(fresh_components, prompt_cache_size=3)
+    encoded: list[str] = []
+
+    def slow_encode(tokenizer, text_encoder, prompt):
+        encoded.append(prompt)
+        time.sleep(0.02)  # lets the other threads in between the cache check and the insert
+        return torch.full((1, 77, 8), float(len(prompt)))
+
+    monkeypatch.setattr("osediff.pipeline.encode_text", slow_encode)
+    prompts = ["a", "bb", "ccc"] * 4
+    results: dict[int, torch.Tensor] = {}
+    errors: list[BaseException] = []
+
+    def worker(i: int) -> None:
+        try:
+            results[i] = pipe.encode_prompt(prompts[i])
+        except BaseException as err:  # a KeyError from a racing eviction would land here
+            errors.append(err)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(len(prompts))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors and all(float(results[i][0, 0, 0]) == len(p) for i, p in enumerate(prompts))
+    assert sorted(encoded) == ["a", "bb", "ccc"]  # each new prompt encoded once, however many threads ask

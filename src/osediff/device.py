@@ -55,10 +55,10 @@ def pick_dtype(name: str | torch.dtype | None, device: torch.device) -> torch.dt
     return torch.float32
 
 
-def pick_decoder_dtype(name: str | None, device: torch.device, dtype: torch.dtype) -> torch.dtype:
+def pick_decoder_dtype(name: str | torch.dtype | None, device: torch.device, dtype: torch.dtype) -> torch.dtype:
     """``auto``: bf16 for the VAE decoder on CPUs with native bf16 (about 3x faster, ~1 level of
     drift in 8-bit output), else the pipeline's dtype."""
-    if name and name != "auto":
+    if name is not None and name != "auto":
         return pick_dtype(name, device)
     if device.type == "cpu" and dtype == torch.float32 and cpu_has_native_bf16():
         return torch.bfloat16

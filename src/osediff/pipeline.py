@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import gc
 import os
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
@@ -26,14 +27,15 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .checkpoint.hub import DEFAULT_WEIGHTS, WEIGHTS_MIRRORS, resolve_base, resolve_file
+from .checkpoint.hub import DEFAULT_WEIGHTS, KNOWN_SHA256, WEIGHTS_MIRRORS, WEIGHTS_OPTION, resolve_base, resolve_file
 from .checkpoint.weights import OSEDiffWeights
 from .color import ALIGN_METHODS, align_colors
 from .components import BaseComponents, encode_text, load_base_components, load_text_encoder
-from .device import pick_device, pick_dtype, release_free_heap
+from .device import pick_decoder_dtype, pick_device, pick_dtype, release_free_heap
 from .diffusion import ONE_STEP_TIMESTEP, predict_x0
 from .lora import VAE_ADAPTER, attach_lora_adapters, merge_lora
 from .prompts.base import PromptExtractor
+from .quiet import quiet_loading
 from .tiling.latent import tiled_apply
 from .tiling.memory import decoded_pixels, vae_map_store
 
@@ -86,6 +88,8 @@ class OSEDiffPipeline:
         self.alpha_bar = float(self.scheduler.alphas_cumprod[ONE_STEP_TIMESTEP])
         self._prompt_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
         self._prompt_cache_size = prompt_cache_size
+        # one pipeline may serve several threads (demo, server): the cache is read and changed under it
+        self._prompt_lock = threading.RLock()
 
     # -- construction ----------------------------------------------------------------------
     @classmethod
@@ -94,7 +98,8 @@ class OSEDiffPipeline:
                         device: str | torch.device | None = None, dtype: str | torch.dtype | None = None,
                         merge_lora: bool = True, local_files_only: bool = False,
                         prompt_extractor: PromptExtractor | None = None,
-                        prompts: Sequence[str] | None = None) -> OSEDiffPipeline:
+                        prompts: Sequence[str] | None = None, optimize: bool = True,
+                        decoder_dtype: str | torch.dtype | None = "auto") -> OSEDiffPipeline:
         """Load SD-2.1-base (``base``: folder or hub id; None = known mirrors) and OSEDiff ``weights``.
 
         ``weights`` is a path to ``osediff.pkl`` / ``.safetensors``, an ``hf://`` or URL spec, an
@@ -102,24 +107,37 @@ class OSEDiffPipeline:
         weights unless ``merge_lora=False`` keeps peft adapters (the authors' runtime form).
         With ``prompts``, only those prompts can be used: they are encoded first and the text encoder
         is freed before the UNet loads, which lowers peak memory by its 1.4 GB.
+
+        By default the pipeline gets the settings measured fastest for the device, as the CLI
+        does: channels_last VAE and ``decoder_dtype="auto"`` (bf16 decoder on CPUs with native
+        bf16, else the pipeline's dtype); ``optimize=False`` or ``decoder_dtype=torch.float32``
+        opts out. Every file is found before anything loads, and the libraries' load bars and
+        notes are silenced while loading only.
         """
-        folder = resolve_base(base, local_files_only=local_files_only)  # once: a hub id costs a request
-        embeddings = {}
-        if prompts is not None:
-            text_encoder, tokenizer = load_text_encoder(folder)
-            embeddings = {prompt: encode_text(tokenizer, text_encoder, prompt) for prompt in prompts}
-            del text_encoder
-        components = load_base_components(folder, text_encoder=prompts is None)
-        pipe = cls(components, prompt_extractor=prompt_extractor)
-        pipe._prompt_cache.update(embeddings)
-        if weights is not None:
-            if not isinstance(weights, OSEDiffWeights):
-                mirrors = WEIGHTS_MIRRORS[1:] if str(weights) == DEFAULT_WEIGHTS else ()
-                weights = OSEDiffWeights.load(resolve_file(weights, mirrors=mirrors,
-                                                           local_files_only=local_files_only))
-            pipe.load_weights(weights, merge=merge_lora)
         device = pick_device(str(device) if device is not None else None)
-        return pipe.to(device, pick_dtype(dtype, device))
+        dtype = pick_dtype(dtype, device)
+        folder = resolve_base(base, local_files_only=local_files_only)  # once: a hub id costs a request
+        if weights is not None and not isinstance(weights, OSEDiffWeights):
+            default = str(weights) == DEFAULT_WEIGHTS
+            weights = resolve_file(weights, mirrors=WEIGHTS_MIRRORS[1:] if default else (), option=WEIGHTS_OPTION,
+                                   sha256=KNOWN_SHA256["osediff.pkl"] if default else None,
+                                   local_files_only=local_files_only)
+        with quiet_loading():
+            embeddings = {}
+            if prompts is not None:
+                text_encoder, tokenizer = load_text_encoder(folder)
+                embeddings = {prompt: encode_text(tokenizer, text_encoder, prompt) for prompt in prompts}
+                del text_encoder
+            components = load_base_components(folder, text_encoder=prompts is None)
+            pipe = cls(components, prompt_extractor=prompt_extractor)
+            pipe._prompt_cache.update(embeddings)
+            if weights is not None:
+                pipe.load_weights(weights if isinstance(weights, OSEDiffWeights) else OSEDiffWeights.load(weights),
+                                  merge=merge_lora)
+            pipe.to(device, dtype)
+        if optimize:
+            pipe.optimize(channels_last=True, decoder_dtype=pick_decoder_dtype(decoder_dtype, device, dtype))
+        return pipe
 
     def load_weights(self, weights: OSEDiffWeights, merge: bool = True) -> None:
         """Apply generator weights; merging costs nothing at inference, unmerged keeps peft layers."""
@@ -136,8 +154,9 @@ class OSEDiffPipeline:
         for model in (self.vae, self.unet, self.text_encoder):
             if model is not None:
                 model.to(device=device, dtype=dtype)
-        for prompt, embedding in self._prompt_cache.items():
-            self._prompt_cache[prompt] = embedding.to(device=device, dtype=dtype)
+        with self._prompt_lock:
+            for prompt, embedding in self._prompt_cache.items():
+                self._prompt_cache[prompt] = embedding.to(device=device, dtype=dtype)
         return self
 
     def optimize(self, channels_last: bool = True, compile_unet: bool = False,
@@ -164,7 +183,8 @@ class OSEDiffPipeline:
         self.preview_decoder = decoder.to(self.device, self.dtype).eval() if decoder is not None else None
 
     def clear_prompt_cache(self) -> None:
-        self._prompt_cache.clear()
+        with self._prompt_lock:
+            self._prompt_cache.clear()
 
     def keep_only_prompts(self, prompts: Iterable[str]) -> None:
         """Encode ``prompts`` now, then free the prompt extractor and the text encoder.
@@ -194,16 +214,18 @@ class OSEDiffPipeline:
     @torch.no_grad()
     def encode_prompt(self, prompt: str) -> torch.Tensor:
         """CLIP last hidden state (1, 77, d); cached, since batches usually repeat one prompt."""
-        if prompt in self._prompt_cache:
-            self._prompt_cache.move_to_end(prompt)
-            return self._prompt_cache[prompt]
-        if self.text_encoder is None:
-            raise RuntimeError(f"prompt {prompt!r} was not among the prompts encoded at load time")
-        embedding = encode_text(self.tokenizer, self.text_encoder, prompt).to(self.device, self.dtype)
-        self._prompt_cache[prompt] = embedding
-        if len(self._prompt_cache) > self._prompt_cache_size:
-            self._prompt_cache.popitem(last=False)
-        return embedding
+        # encoding under the lock too: threads asking for one new prompt encode it once
+        with self._prompt_lock:
+            if prompt in self._prompt_cache:
+                self._prompt_cache.move_to_end(prompt)
+                return self._prompt_cache[prompt]
+            if self.text_encoder is None:
+                raise RuntimeError(f"prompt {prompt!r} was not among the prompts encoded at load time")
+            embedding = encode_text(self.tokenizer, self.text_encoder, prompt).to(self.device, self.dtype)
+            self._prompt_cache[prompt] = embedding
+            if len(self._prompt_cache) > self._prompt_cache_size:
+                self._prompt_cache.popitem(last=False)
+            return embedding
 
     def encode_latent(self, x: torch.Tensor, tiles: TileConfig, latent: LatentMode = "mode",
                       generator: torch.Generator | None = None) -> torch.Tensor:
