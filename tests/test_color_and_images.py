@@ -91,3 +91,15 @@ def test_collect_inputs_mixes_files_folders_and_globs(tmp_path):
         (tmp_path / name).write_bytes(b"x")
     found = collect_inputs([str(tmp_path), str(tmp_path / "*.png"), str(tmp_path / "a.jpg")])
     assert [p.name for p in found] == ["a.jpg", "b.png"]
+
+
+@pytest.mark.parametrize("alpha_value", [255, 128])
+def test_rgba_input_keeps_its_alpha_even_when_opaque(tmp_path, alpha_value):
+    path = tmp_path / "rgba.png"
+    Image.new("RGBA", (6, 4), (10, 20, 30, alpha_value)).save(path)
+    loaded = load_image(path)
+    assert loaded.rgb.mode == "RGB" and loaded.alpha is not None
+    assert loaded.alpha.getextrema() == (alpha_value, alpha_value)
+    rgb = tmp_path / "rgb.png"
+    Image.new("RGB", (6, 4), (10, 20, 30)).save(rgb)
+    assert load_image(rgb).alpha is None

@@ -87,11 +87,9 @@ def to_8bit(img: Image.Image) -> Image.Image:
 
 
 def split_alpha(img: Image.Image) -> tuple[Image.Image, Image.Image | None]:
+    """RGB and the alpha channel of an RGBA image (kept even when fully opaque: RGBA in, RGBA out)."""
     if img.mode == "RGBA":
-        alpha = img.getchannel("A")
-        if alpha.getextrema() == (255, 255):
-            return img.convert("RGB"), None
-        return img.convert("RGB"), alpha
+        return img.convert("RGB"), img.getchannel("A")
     return img, None
 
 
