@@ -1,0 +1,261 @@
+"""``--engine ray``: the batch runner's steps as a Ray Data stream over a cluster.
+
+Decoding runs in CPU tasks; a pool of actors, one model replica each (one per GPU, or one per
+``cpus_per_replica`` CPUs on clusters without GPUs), runs prompts, the model and the atomic writes
+with the same output names as the single-process runner. A replica that dies is restarted and its
+batch retried by Ray (bounded by ``max_restarts``). Every input gets one manifest row (input,
+output, status, error, prompt, seconds); a re-run skips inputs whose output exists, so the same
+command resumes an interrupted job.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import time
+import warnings
+from dataclasses import dataclass
+
+from ..errors import OSEDiffError
+from ..images import ImageLoadError, LoadedImage, load_image, write_text_atomic
+from .config import BatchConfig, BatchConfigError, is_uri, output_clashes, output_name, validate
+from .runner import FAILED, SKIPPED, BatchSummary, ImageRecord, upscale_loaded
+from .storage import Folder, collect_any, read_bytes
+
+MANIFEST_NAME = "manifest.jsonl"
+# test hook: while this file exists, the first replica batch to rename it away kills its worker
+FAULT_ENV = "OSEDIFF_RAY_FAULT_FILE"
+CONNECT_TIMEOUT_S = 5.0
+
+
+class RayEngineError(OSEDiffError):
+    """Ray is missing, the cluster cannot be reached, or the cluster failed the job."""
+
+
+@dataclass
+class RayOptions:
+    address: str | None = None  # None: a local Ray instance; "auto": the one `ray start` runs here
+    manifest: str | None = None  # default: OUTPUT/manifest.jsonl
+    cpus_per_replica: int = 8  # clusters without GPUs
+    replicas: int | None = None  # default: one per GPU, else as many as the CPUs allow
+    max_restarts: int = 3  # per replica; a dead replica's batch is retried as often
+    progress: bool = True
+
+
+def import_ray():
+    try:
+        import ray
+        import ray.data  # the data extra, not only the core
+    except ImportError:
+        raise RayEngineError("--engine ray needs Ray Data, which is not installed: "
+                             "pip install 'osediff[ray]'  (or: pip install 'ray[data]>=2.9')") from None
+    return ray
+
+
+def connect(address: str | None) -> bool:
+    """Join ``address`` or start a local Ray instance; True when this call started Ray (so it stops it)."""
+    ray = import_ray()
+    if ray.is_initialized():
+        return False
+    if address not in (None, "auto", "local"):
+        _probe(address)
+    try:
+        ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR, include_dashboard=False,
+                 configure_logging=False)
+    except (ConnectionError, RuntimeError, ValueError) as err:
+        where = address or "a local instance"
+        raise RayEngineError(f"--ray-address {where}: cannot start or join Ray ({str(err).splitlines()[0]}); "
+                             "start a cluster with `ray start --head` or leave --ray-address out") from None
+    return True
+
+
+def _probe(address: str) -> None:
+    """A plain TCP connect first: ``ray.init`` keeps retrying an unreachable head for a minute or more."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    try:
+        with socket.create_connection((host or "127.0.0.1", int(port)), timeout=CONNECT_TIMEOUT_S):
+            return
+    except ValueError:
+        reason = "expected HOST:PORT, ray://HOST:PORT or auto"
+    except OSError as err:
+        reason = err.strerror or type(err).__name__
+    raise RayEngineError(f"--ray-address {address}: cannot reach a Ray cluster there ({reason}); start one "
+                         "with `ray start --head` or leave --ray-address out for a local instance")
+
+
+def run_ray(config: BatchConfig, options: RayOptions, on_record=None) -> BatchSummary:
+    """The whole job on Ray; every input gets one record, also written to the manifest."""
+    from .models import resolve_models
+
+    started = time.perf_counter()
+    import_ray()  # the one-line install hint comes before anything else
+    if config.world > 1:
+        raise BatchConfigError("--engine ray shares the inputs itself: run it once, not under accelerate/torchrun")
+    validate(config, remote_ok=True)
+    inputs = collect_any([str(spec) for spec in config.inputs])
+    if not inputs:
+        raise BatchConfigError("no input images found")
+    out = Folder(config.output)
+    summary = BatchSummary(str(config.output))
+
+    def record(rec: ImageRecord) -> None:
+        summary.records.append(rec)
+        if on_record is not None:
+            on_record(rec)
+
+    clashes = output_clashes(inputs, config.format)
+    todo = []
+    for src in inputs:
+        name = output_name(src, config.format)
+        if src in clashes:
+            record(ImageRecord(src, out.path(name), FAILED, f"{src}: its output {out.path(name)} is already that "
+                               f"of {clashes[src]}; rename one of them or run it separately"))
+        elif out.exists(name):  # outputs are written whole or not at all: an existing one is done
+            record(ImageRecord(src, out.path(name), SKIPPED))
+        else:
+            todo.append(src)
+    started_here = connect(options.address) if todo else False
+    try:
+        if todo:
+            resolve_models(config)  # fail here, in one line, not in every replica
+            _stream(config, options, todo, record)
+    finally:
+        summary.seconds = time.perf_counter() - started
+        write_manifest(summary, options.manifest or out.path(MANIFEST_NAME))
+        if started_here:
+            import_ray().shutdown()
+    return summary
+
+
+def _stream(config: BatchConfig, options: RayOptions, todo: list[str], record) -> None:
+    from tqdm import tqdm
+
+    ray = import_ray()
+    try:
+        context = ray.data.DataContext.get_current()
+        context.enable_progress_bars = False  # ours counts images, not blocks
+        context.print_on_execution_start = False
+        logging.getLogger("ray.data").setLevel(logging.ERROR)  # block-level chatter under our bar
+        chunk = max(config.prompt_batch_size if config.needs_extractor else 1, config.batch_size)
+        resources = _replica_resources(ray, options, len(todo), chunk)
+        items = [{"input": src} for src in todo]
+        ds = ray.data.from_items(items, override_num_blocks=max(1, len(todo) // chunk))
+        ds = ds.map_batches(_decode, batch_format="pandas", batch_size=chunk, num_cpus=1,
+                            fn_kwargs={"max_pixels": config.max_pixels})
+        with warnings.catch_warnings():
+            # bounded restarts have no named parameter yet (Ray Data's default is to retry forever)
+            warnings.filterwarnings("ignore", message=".*ray_remote_args.* is deprecated")
+            ds = ds.map_batches(_Replica, batch_format="pandas", batch_size=chunk,
+                                fn_constructor_kwargs={"config": config}, max_restarts=options.max_restarts,
+                                max_task_retries=options.max_restarts, **resources)
+        with tqdm(total=len(todo), unit="img", disable=not options.progress, dynamic_ncols=True) as bar:
+            for row in ds.iter_rows():
+                rec = ImageRecord(**{key: row[key] for key in ("input", "output", "status", "error", "prompt")},
+                                  seconds=float(row["seconds"]))
+                record(rec)
+                if rec.status == FAILED:
+                    bar.write(f"error: {rec.error}")
+                bar.update()
+    except ray.exceptions.RayError as err:
+        raise RayEngineError(f"the Ray job failed: {str(err).strip().splitlines()[-1]}") from None
+
+
+def _replica_resources(ray, options: RayOptions, images: int, chunk: int) -> dict:
+    """One replica per GPU; without GPUs, ``cpus_per_replica`` each, one CPU left for decoding."""
+    from ray.data import ActorPoolStrategy
+
+    available = ray.cluster_resources()
+    gpus, cpus = int(available.get("GPU", 0)), int(available.get("CPU", 1))
+    if gpus:
+        count, per_replica = options.replicas or gpus, {"num_gpus": 1, "num_cpus": 1}
+    else:
+        per = max(1, min(options.cpus_per_replica, cpus - 1))
+        count, per_replica = options.replicas or max(1, (cpus - 1) // per), {"num_cpus": per}
+    count = max(1, min(count, -(-images // chunk)))
+    return {"compute": ActorPoolStrategy(size=count), **per_replica}
+
+
+def _decode(batch, max_pixels: int | None):
+    """CPU task: read and decode each input to raw RGB (+ alpha) bytes, or its one-line error."""
+    import pandas as pd
+
+    rows = []
+    for src in batch["input"]:
+        row = {"input": src, "error": "", "width": 0, "height": 0, "rgb": b"", "alpha": b""}
+        try:
+            source = read_bytes(src) if is_uri(src) else src
+            loaded = load_image(source, max_pixels=max_pixels, name=src)
+            row.update(width=loaded.rgb.width, height=loaded.rgb.height, rgb=loaded.rgb.tobytes(),
+                       alpha=loaded.alpha.tobytes() if loaded.alpha is not None else b"")
+        except ImageLoadError as err:
+            row["error"] = str(err)
+        except OSError as err:  # a remote read that failed
+            row["error"] = f"{src}: cannot read ({str(err).splitlines()[0]})"
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+class _Replica:
+    """One model replica: loaded once, then prompts, model and writes for each batch it is given."""
+
+    def __init__(self, config: BatchConfig) -> None:
+        from .models import load_pipeline, resolve_models
+
+        self.config = config
+        resolved = resolve_models(config)
+        self.user_prompt = resolved.user_prompt
+        self.pipe = load_pipeline(config, resolved)
+        self.out = Folder(config.output)
+
+    def __call__(self, batch):
+        import pandas as pd
+        from PIL import Image
+
+        _maybe_die()
+        config = self.config
+        records, loaded = [], []
+        for row in batch.itertuples(index=False):
+            if row.error:
+                records.append(ImageRecord(row.input, self.out.path(output_name(row.input, config.format)), FAILED,
+                                           row.error))
+                continue
+            size = (int(row.width), int(row.height))
+            alpha = Image.frombytes("L", size, row.alpha) if len(row.alpha) else None
+            loaded.append((row.input, LoadedImage(Image.frombytes("RGB", size, row.rgb), alpha)))
+        records.extend(upscale_loaded(self.pipe, config, loaded, self.out, self.user_prompt))
+        return pd.DataFrame([rec.as_dict() for rec in records],
+                            columns=["input", "output", "status", "error", "prompt", "seconds"])
+
+
+def _maybe_die() -> None:
+    fault = os.environ.get(FAULT_ENV)
+    if not fault:
+        return
+    try:
+        os.rename(fault, f"{fault}.fired")  # atomic: exactly one batch fires, once
+    except OSError:
+        return
+    os._exit(1)
+
+
+def write_manifest(summary: BatchSummary, location: str) -> None:
+    """One JSON line per input, written whole (atomically) at the end of the run."""
+    text = "".join(json.dumps(rec.as_dict(), ensure_ascii=False) + "\n" for rec in summary.records)
+    if is_uri(location):
+        parent, _, name = location.rstrip("/").rpartition("/")
+        Folder(parent).write_bytes(name, text.encode("utf-8"))
+    else:
+        write_text_atomic(text, location)
+
+
+def run_on_ray(config: BatchConfig, options: RayOptions) -> int:
+    """The CLI's ``--engine ray``: messages, a summary line and the exit status."""
+    summary = run_ray(config, options)
+    seconds = summary.seconds
+    rate = summary.written / seconds if seconds else 0.0
+    print(f"done [ray]: {summary.written} written to {config.output}, {summary.failed} failed, "
+          f"{summary.skipped} skipped; {seconds:.1f} s, {rate:.2f} images/s; manifest "
+          f"{options.manifest or Folder(config.output).path(MANIFEST_NAME)}")
+    return 1 if summary.failed else 0
