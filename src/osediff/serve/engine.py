@@ -81,7 +81,9 @@ class Engine:
         from ..device import pick_decoder_dtype, pick_device, pick_dtype
         from ..pipeline import OSEDiffPipeline, TileConfig
         from ..prompts import create_prompt_extractor
+        from ..quiet import quiet_libraries
 
+        quiet_libraries()  # a replica is a process of its own: its load bars would flood the driver's log
         if config.threads:
             torch.set_num_threads(config.threads)
         self.config = config
