@@ -59,7 +59,8 @@ def images_in(folder):
 def test_outputs_are_pixel_identical_to_the_single_process_runner(upscale, tmp_path):
     src = make_inputs(tmp_path / "in", 5)
     assert upscale(str(src), "-o", str(tmp_path / "local"), "--save-prompts", engine="local") == 0
-    assert upscale(str(src), "-o", str(tmp_path / "ray"), "--save-prompts") == 0
+    # URIs as on a cluster (file:// here; s3:// and gs:// go through the same pyarrow filesystem calls)
+    assert upscale(f"file://{src}", "-o", f"file://{tmp_path / 'ray'}", "--save-prompts") == 0
     names = images_in(src)
     assert images_in(tmp_path / "ray") == names
     for name in names:
@@ -68,9 +69,10 @@ def test_outputs_are_pixel_identical_to_the_single_process_runner(upscale, tmp_p
         stem = name.removesuffix(".png")
         assert (tmp_path / "ray" / f"{stem}.txt").read_text() == "a photo\n"
     rows = manifest(tmp_path / "ray")
-    assert sorted(os.path.basename(r["input"]) for r in rows) == names
+    assert sorted(r["input"] for r in rows) == [f"file://{src / name}" for name in names]
     assert {(r["status"], r["prompt"], r["error"]) for r in rows} == {("written", "a photo", "")}
     assert all(r["output"] == str(tmp_path / "ray" / os.path.basename(r["input"])) for r in rows)
+    assert not [p for p in (tmp_path / "ray").iterdir() if p.name.startswith(".")]
 
 
 def test_bad_files_are_in_the_manifest_with_their_error_and_the_rest_written(upscale, tmp_path):

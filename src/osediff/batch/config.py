@@ -6,6 +6,7 @@ import math
 import os
 import tempfile
 import typing
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -142,11 +143,10 @@ def validate(config: BatchConfig, *, remote_ok: bool = False) -> None:
             raise BatchConfigError(f"{spec}: no such file or folder")
     if config.prompts_from is not None and not Path(config.prompts_from).is_dir():
         raise BatchConfigError(f"--prompts-from {config.prompts_from}: no such folder")
-    if is_uri(config.output):
-        if not remote_ok:
-            raise BatchConfigError(f"output {config.output}: URIs are written by --engine ray only")
-    else:
-        check_writable_folder(Path(config.output))
+    if is_uri(config.output) and not remote_ok:
+        raise BatchConfigError(f"output {config.output}: URIs are written by --engine ray only")
+    if not is_uri(config.output) or str(config.output).startswith("file://"):
+        check_writable_folder(Path(urllib.parse.unquote(urllib.parse.urlparse(str(config.output)).path)))
 
 
 def check_writable_folder(folder: Path) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import fnmatch
 import io
 import os
+import urllib.parse
 from pathlib import Path, PurePosixPath
 
 from PIL import Image
@@ -31,7 +32,9 @@ class Folder:
 
     def __init__(self, location: str | os.PathLike) -> None:
         self.location = str(location)
-        self.remote = is_uri(location)
+        if self.location.startswith("file://"):  # a local folder: keep the atomic local writes
+            self.location = urllib.parse.unquote(urllib.parse.urlparse(self.location).path)
+        self.remote = is_uri(self.location)
         if self.remote:
             self._fs, self._root = _filesystem(self.location.rstrip("/"))
 
