@@ -13,7 +13,7 @@ from PIL import Image
 
 from conftest import REALSR
 from osediff.losses import diffusion_loss, vsd_loss
-from osediff.training.config import TrainConfig
+from osediff.training.config import ConfigError, TrainConfig
 from osediff.training.loop import Trainer
 from osediff.training.model import Regulariser
 
@@ -211,7 +211,7 @@ def test_ram_prompts_tag_the_hq_crops(trained, monkeypatch):
         seen["kwargs"] = kwargs
         return lambda images, user_prompt="": [f"tags of {im.size[0]}px" for im in images]
 
-    monkeypatch.setitem(base._REGISTRY, "ram", fake_ram)
+    monkeypatch.setitem(base._REGISTRY, "ram", base._Entry(fake_ram, None))
     monkeypatch.setattr(trainer.config.prompts, "source", "ram")
     monkeypatch.setattr(trainer, "prompt_extractor", None)
     prompts = trainer.prompts_for(torch.rand(2, 3, 96, 96), ["ignored", "ignored"])
@@ -261,3 +261,27 @@ def test_two_process_ddp_run_through_torchrun(tiny_base_dir, tmp_path):
     assert '"processes": 2' in (checkpoint / "state.json").read_text()
     assert '"micro_step": 2' in (checkpoint / "state.json").read_text()
     assert (tmp_path / "run" / "export" / "osediff.safetensors").is_file()
+
+
+def test_regulariser_adapters_switch_sets_the_trainable_lora(fresh_components):
+    """The authors' regulariser trains its "others" LoRA group only; "all" adds the down and up groups."""
+    from osediff.lora import unet_lora_targets
+
+    assert TrainConfig().model.regularizer_adapters == "authors"
+    groups = unet_lora_targets(fresh_components.unet)
+    counts = {}
+    for adapters in ("authors", "all"):
+        reg = Regulariser(copy.deepcopy(fresh_components.unet), rank=4, adapters=adapters)
+        trainable = {n: p for n, p in reg.named_parameters() if p.requires_grad}
+        assert trainable and all("lora_" in n for n in trainable)
+        counts[adapters] = sum(p.numel() for p in trainable.values())
+        adapters_seen = {n.split(".")[-2] for n in trainable}
+        modules = {n.split(".lora_")[0].removeprefix("unet.") for n in trainable}
+        if adapters == "authors":
+            assert adapters_seen == {"default_others"} and modules == set(groups["default_others"])
+        else:
+            assert adapters_seen == {"default_encoder", "default_decoder", "default_others"}
+            assert modules == {m for names in groups.values() for m in names}
+    assert counts["all"] > 3 * counts["authors"] > 0
+    with pytest.raises(ConfigError, match=r"model\.regularizer_adapters"):
+        TrainConfig.from_dict({"model": {"regularizer_adapters": "some"}})

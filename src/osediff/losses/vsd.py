@@ -24,6 +24,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ..diffusion import predict_x0
+
 # (z_t, t, prompt embeddings) -> predicted noise
 EpsModel = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -33,9 +35,8 @@ def _per_sample(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 
 def x0_from_eps(z_t: torch.Tensor, eps: torch.Tensor, t: torch.Tensor, alphas_cumprod: torch.Tensor) -> torch.Tensor:
-    """x0 = (z_t - sqrt(1 - abar_t) eps) / sqrt(abar_t), abar_t broadcast per sample."""
-    abar = _per_sample(alphas_cumprod.to(z_t.device, torch.float32)[t], z_t)
-    return (z_t.float() - (1 - abar).sqrt() * eps.float()) / abar.sqrt()
+    """:func:`osediff.diffusion.predict_x0` with abar_t looked up per sample."""
+    return predict_x0(z_t, eps, _per_sample(alphas_cumprod.to(z_t.device, torch.float32)[t], z_t))
 
 
 @dataclass

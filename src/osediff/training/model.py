@@ -19,20 +19,23 @@ import torch
 from torch import nn
 
 from ..checkpoint.weights import OSEDiffWeights
-from ..lora import VAE_ADAPTER, attach_lora_adapters, unet_lora_targets, vae_lora_targets
+from ..diffusion import ONE_STEP_TIMESTEP, predict_x0
+from ..lora import UNET_ADAPTERS, VAE_ADAPTER, VAE_PATTERNS, attach_lora_adapters, unet_lora_targets, vae_lora_targets
 
-T_ONE_STEP = 999
 VAE_DECODER_ADAPTER = "default_decoder"
+# The authors add the regulariser's three UNet adapters without selecting them, so only the last one
+# added trains (peft activates the newest adapter); "all" trains the three groups, 10.8x the parameters.
+REGULARIZER_ADAPTERS = {"authors": ("default_others",), "all": UNET_ADAPTERS}
 
 
 def vae_decoder_lora_targets(vae: nn.Module) -> list[str]:
     """VAE-decoder module names for the decoder-LoRA ablation (the encoder patterns, mirrored)."""
-    patterns = ("conv1", "conv2", "conv_in", "conv_shortcut", "conv", "conv_out", "to_k", "to_q", "to_v", "to_out.0")
     names = []
     for name, _ in vae.named_parameters():
         if name.endswith(".weight") and "bias" not in name and "norm" not in name:
             module = name[: -len(".weight")]
-            if (module.startswith("decoder.") and any(p in module for p in patterns)) or module == "post_quant_conv":
+            in_decoder = module.startswith("decoder.") and any(p in module for p in VAE_PATTERNS)
+            if in_decoder or module == "post_quant_conv":
                 names.append(module)
     return names
 
@@ -77,7 +80,7 @@ class Generator(nn.Module):
         self.vae, self.unet = vae, unet
         _freeze_except(unet, ["lora_"] + (["conv_in.base_layer"] if train_conv_in else []))
         _freeze_except(vae, ["lora_"])
-        self.register_buffer("abar_T", alphas_cumprod[T_ONE_STEP].float().clone(), persistent=False)
+        self.register_buffer("abar_T", alphas_cumprod[ONE_STEP_TIMESTEP].float().clone(), persistent=False)
         self.scaling_factor = float(vae.config.scaling_factor)
 
     def forward(self, x_lq: torch.Tensor, prompt_embeds: torch.Tensor,
@@ -85,9 +88,9 @@ class Generator(nn.Module):
         """``x_lq`` (N, 3, H, W) in [-1, 1] -> (x_H in [-1, 1], z_H)."""
         # inputs stay fp32: under mixed precision the forward runs in autocast over half-precision weights
         z_l = self.vae.encode(x_lq).latent_dist.sample(generator) * self.scaling_factor
-        t = torch.full((x_lq.shape[0],), T_ONE_STEP, device=x_lq.device, dtype=torch.long)
+        t = torch.full((x_lq.shape[0],), ONE_STEP_TIMESTEP, device=x_lq.device, dtype=torch.long)
         eps = self.unet(z_l, t, encoder_hidden_states=prompt_embeds).sample
-        z_h = (z_l - (1 - self.abar_T).sqrt() * eps) / self.abar_T.sqrt()
+        z_h = predict_x0(z_l, eps, self.abar_T)
         return self.decode(z_h), z_h
 
     def decode(self, z_h: torch.Tensor) -> torch.Tensor:
@@ -121,11 +124,19 @@ class Generator(nn.Module):
 
 
 class Regulariser(nn.Module):
-    """eps_phi' (SD UNet + LoRA); ``frozen_eps`` runs the same UNet as the frozen teacher eps_phi."""
+    """eps_phi' (SD UNet + LoRA); ``frozen_eps`` runs the same UNet as the frozen teacher eps_phi.
 
-    def __init__(self, unet: nn.Module, rank: int = 4) -> None:
+    ``adapters``: "authors" trains the LoRA of the authors' "others" group (mid block, time embedding
+    and the other modules outside the down and up paths), the only one active in their training;
+    "all" adds the down- and up-path groups.
+    """
+
+    def __init__(self, unet: nn.Module, rank: int = 4, adapters: str = "authors") -> None:
         super().__init__()
-        attach_lora_adapters(unet, unet_lora_targets(unet), {}, rank)
+        if adapters not in REGULARIZER_ADAPTERS:
+            raise ValueError(f"regulariser adapters must be one of {', '.join(REGULARIZER_ADAPTERS)}, got {adapters!r}")
+        targets = unet_lora_targets(unet)
+        attach_lora_adapters(unet, {name: targets[name] for name in REGULARIZER_ADAPTERS[adapters]}, {}, rank)
         _freeze_except(unet, ["lora_"])
         self.unet = unet
 
