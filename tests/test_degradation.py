@@ -259,6 +259,15 @@ def test_blur_lowers_high_frequency_energy() -> None:
     torch.testing.assert_close(both[:1], blurred)
 
 
+def test_jpeg_batch_in_threads_equals_each_sample_alone() -> None:
+    x = torch.rand(5, 3, 40, 48, generator=torch.Generator().manual_seed(0))
+    qualities = [30, 50, 70, 90, 95]
+    batch = ops.jpeg(x, qualities)
+    assert batch.shape == x.shape
+    for i, q in enumerate(qualities):
+        assert torch.equal(batch[i:i + 1], ops.jpeg(x[i:i + 1], [q]))
+
+
 def test_jpeg_changes_image_blockiness_and_quality_order() -> None:
     x = _hr_crop(size=256)
 

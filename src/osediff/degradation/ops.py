@@ -7,6 +7,8 @@ pipeline clamps where Real-ESRGAN does). Random draws use a generator on the ima
 from __future__ import annotations
 
 import io
+import os
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -95,24 +97,32 @@ def poisson_noise(img: torch.Tensor, scale: torch.Tensor, gray: torch.Tensor,
     return noise * scale.to(img.device, img.dtype).view(-1, 1, 1, 1)
 
 
+def _jpeg_round_trip(image: np.ndarray, quality: int) -> np.ndarray:
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="JPEG", quality=max(1, min(100, quality)), subsampling=2)
+    buf.seek(0)
+    with Image.open(buf) as decoded:
+        return np.asarray(decoded.convert("RGB")).copy()
+
+
 def jpeg(img: torch.Tensor, quality: torch.Tensor | list[int]) -> torch.Tensor:
     """Real JPEG round trip per sample (PIL/libjpeg, 4:2:0 chroma subsampling, integer quality).
 
     Not differentiable, and done on the CPU: a faithful encoder is what matters for synthetic training
-    data. Input is clamped and rounded to 8 bits first, as any saved image would be.
+    data. Input is clamped and rounded to 8 bits first, as any saved image would be. The samples are
+    coded in parallel threads (libjpeg runs without the GIL); the result does not depend on their number.
     """
     qualities = [int(q) for q in (quality.tolist() if isinstance(quality, torch.Tensor) else quality)]
     if len(qualities) != img.shape[0]:
         raise ValueError(f"got {len(qualities)} JPEG qualities for a batch of {img.shape[0]}")
-    u8 = torch.clamp((img.detach() * 255.0).round(), 0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu()
-    out = []
-    for i, q in enumerate(qualities):
-        buf = io.BytesIO()
-        Image.fromarray(u8[i].numpy()).save(buf, format="JPEG", quality=max(1, min(100, q)), subsampling=2)
-        buf.seek(0)
-        with Image.open(buf) as decoded:
-            out.append(torch.from_numpy(np.asarray(decoded.convert("RGB")).copy()))
-    return (torch.stack(out).permute(0, 3, 1, 2).to(img.device, img.dtype)) / 255.0
+    u8 = torch.clamp((img.detach() * 255.0).round(), 0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    workers = min(len(qualities), os.cpu_count() or 1)
+    if workers > 1:
+        with ThreadPoolExecutor(workers) as pool:
+            out = list(pool.map(_jpeg_round_trip, u8, qualities))
+    else:
+        out = [_jpeg_round_trip(image, q) for image, q in zip(u8, qualities, strict=True)]
+    return (torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2).to(img.device, img.dtype)) / 255.0
 
 
 def to_grayscale(img: torch.Tensor) -> torch.Tensor:
