@@ -236,3 +236,47 @@ def test_training_errors_are_osediff_errors():
     assert issubclass(ConfigError, ValueError) and issubclass(ResumeError, ValueError)
     with pytest.raises(ConfigError, match="final_sinc_prob"):
         DegradationConfig.from_dict({"final_sinc_prob": "8e-1x"})
+
+
+def test_sources_mix_by_repeat_or_by_weight(tmp_path):
+    from osediff.training.config import DataSource
+    from osediff.training.data import source_probabilities
+
+    lsdir, ffhq = DataSource("lsdir"), DataSource("ffhq")
+    # the authors' mix: file lists repeated once each, drawn in proportion to their sizes
+    faces = source_probabilities([lsdir, ffhq], [84_991, 10_000])[1]
+    assert faces == pytest.approx(10_000 / 94_991) and round(faces * 100, 1) == 10.5
+    twice = source_probabilities([lsdir, DataSource("ffhq", repeat=2)], [84_991, 10_000])[1]
+    assert twice == pytest.approx(20_000 / 104_991)
+    # weights are probabilities whatever the sizes; a source without one counts 1
+    assert source_probabilities([lsdir, DataSource("ffhq", weight=1.0)], [84_991, 10_000]).tolist() == [0.5, 0.5]
+    assert source_probabilities([DataSource("a", weight=3.0), lsdir], [1, 1000]).tolist() == [0.75, 0.25]
+    with pytest.raises(ConfigError, match="not both kinds"):
+        TrainConfig.from_dict({"data": {"sources": [{"path": "a", "repeat": 2}, {"path": "b", "weight": 1}]}})
+    with pytest.raises(ConfigError, match="every repeat must be >= 1"):
+        TrainConfig.from_dict({"data": {"sources": [{"path": "a", "repeat": 0}]}})
+    with pytest.raises(ConfigError, match=r"data\.sources\[0\]\.repeat: expected an integer"):
+        TrainConfig.from_dict({"data": {"sources": [{"path": "a", "repeat": 1.5}]}})
+
+    # and the data stream follows: 3 images in a, 1 in b, no weights -> a is drawn 3 times as often
+    for name, count in (("a", 3), ("b", 1)):
+        (tmp_path / name).mkdir()
+        for i in range(count):
+            _png(tmp_path / name / f"{i}.png", 32, 10 * i)
+    config = TrainConfig.from_dict({"data": {"sources": ["a", "b"], "crop_size": 32}}, base_dir=tmp_path)
+    data = HQDataset(config.data, seed=1)
+    share_a = np.mean([f"{tmp_path / 'a'}/" in data[i]["path"] for i in range(400)])
+    assert 0.7 < share_a < 0.8
+
+
+def test_example_configs_reproduce_the_authors_data():
+    sr = TrainConfig.from_yaml(REPO_ROOT / "configs" / "train_osediff.yaml")
+    assert [(Path(s.path).name, s.repeat, s.weight) for s in sr.data.sources] == [
+        ("LSDIR", 1, None), ("ffhq10k.txt", 1, None)]
+    face = TrainConfig.from_yaml(REPO_ROOT / "configs" / "train_osediff_face.yaml")
+    assert face.data.degradation_model == "codeformer" and face.data.scale == 1
+    from osediff.degradation import CodeFormerConfig
+
+    assert face.degradation_config() == CodeFormerConfig()
+    with pytest.raises(ConfigError, match=r"data\.scale: must be 1 with the codeformer degradation"):
+        TrainConfig.from_dict({"data": {"degradation_model": "codeformer"}})

@@ -40,3 +40,37 @@ def test_each_optimiser_unscales_its_own_accumulated_gradients_once(fp16_acceler
     # SGD with lr 1 moves both weights from 1 to 0; before the fix the critic moved by 0.5 + 0.5 / 1024
     assert gen.weight.item() == pytest.approx(0.0, abs=1e-6)
     assert critic.weight.item() == pytest.approx(0.0, abs=1e-6)
+
+
+def _image_folder(folder):
+    import numpy as np
+    from PIL import Image
+
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        Image.fromarray(rng.integers(0, 256, (48, 48, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    return folder
+
+
+@pytest.mark.usefixtures("single_thread")
+def test_fp16_on_cpu_trains_in_fp32_after_one_warning_line(fresh_components, tmp_path, capsys):
+    from osediff.training.config import TrainConfig
+    from osediff.training.loop import Trainer
+
+    config = TrainConfig.from_dict({
+        "data": {"sources": [str(_image_folder(tmp_path / "hq"))], "crop_size": 32, "num_workers": 0},
+        "prompts": {"source": "none"}, "model": {"gradient_checkpointing": False},
+        "loss": {"lpips_pretrained": False},
+        "run": {"output_dir": str(tmp_path / "run"), "batch_size": 1, "gradient_accumulation": 2,
+                "max_steps": 1, "mixed_precision": "fp16", "checkpoint_every": 0, "validate_every": 0,
+                "device": "cpu"},
+    })
+    trainer = Trainer(config, fresh_components)
+    err = capsys.readouterr().err
+    assert [line for line in err.splitlines() if "fp16" in line] == [
+        "warning: run.mixed_precision fp16 needs a GPU; training on the CPU in fp32 "
+        "(set run.mixed_precision: no to silence this)"]
+    assert trainer.accelerator.mixed_precision == "no" and trainer.weight_dtype == torch.float32
+    result = trainer.fit(progress=False)
+    assert result.step == 1 and all(torch.isfinite(torch.tensor(v)) for v in result.history[0].values())

@@ -154,12 +154,13 @@ class DegradationConfig:
         return build_config(cls(), data)
 
 
-def build_config(default: T, data: Mapping[str, Any]) -> T:
-    """``default`` (a degradation config) updated from a nested or flat mapping, typed and validated."""
+def build_config(default: T, data: Mapping[str, Any], flat: bool = True) -> T:
+    """``default`` (a degradation config) updated from ``data``, typed and validated; ``flat`` also
+    reads the authors' flat Real-ESRGAN layout."""
     if not isinstance(data, Mapping):
         raise ConfigError(f"degradation config must be a mapping, got {type(data).__name__}")
     try:
-        return build(default, _flat_to_nested(data))
+        return build(default, _flat_to_nested(data) if flat else data)
     except ConfigError:
         raise
     except ValueError as err:  # the configs' own validation

@@ -1,4 +1,4 @@
-"""HQ training images: folders and path lists with per-source probabilities, random crops, flips.
+"""HQ training images: folders and path lists mixed by repeat counts or weights, random crops, flips.
 
 Every sample is a pure function of (seed, position): position p of the stream picks its source,
 its file, its crop and its flip from a generator seeded with (seed, p). Resuming a run therefore
@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 
 from ..images import IMAGE_SUFFIXES, ImageLoadError, load_image
-from .config import DataConfig, PromptConfig
+from .config import DataConfig, DataSource, PromptConfig
 
 log = logging.getLogger(__name__)
 MAX_DRAWS = 100
@@ -35,6 +35,16 @@ def list_source(path: str) -> list[str]:
         return [str(source.parent / line) if not Path(line).is_absolute() else line
                 for line in lines if line and not line.startswith("#")]
     raise FileNotFoundError(f"data source {path}: no such folder or file")
+
+
+def source_probabilities(sources: list[DataSource], sizes: list[int]) -> np.ndarray:
+    """Probability of drawing from each source: weight / sum of weights when any source has a weight
+    (missing weights count 1), else repeat x size / sum (the authors' repeated file lists)."""
+    if any(s.weight is not None for s in sources):
+        counts = np.array([1.0 if s.weight is None else s.weight for s in sources], dtype=np.float64)
+    else:
+        counts = np.array([(s.repeat or 1) * n for s, n in zip(sources, sizes, strict=True)], dtype=np.float64)
+    return counts / counts.sum()
 
 
 class CaptionLookup:
@@ -63,8 +73,7 @@ class HQDataset(torch.utils.data.Dataset):
         empty = [s.path for s, files in zip(config.sources, self.files, strict=True) if not files]
         if empty:
             raise ValueError(f"data source(s) without images: {', '.join(empty)}")
-        weights = np.array([s.weight for s in config.sources], dtype=np.float64)
-        self.probabilities = weights / weights.sum()
+        self.probabilities = source_probabilities(config.sources, [len(files) for files in self.files])
         self.crop, self.hflip, self.seed, self.captions = config.crop_size, config.hflip, seed, captions
         self._bad: set[str] = set()
 

@@ -9,6 +9,8 @@ checkpoint replays the same steps.
 from __future__ import annotations
 
 import copy
+import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -17,7 +19,7 @@ import numpy as np
 import torch
 
 from .checkpointing import load_checkpoint, resolve_resume, save_checkpoint
-from .config import TrainConfig
+from .config import RunConfig, TrainConfig
 from .data import CaptionLookup, HQDataset, load_validation_images, make_loader
 from .model import Generator, Regulariser, cast_frozen
 from .outputs import export_generator, save_strip
@@ -64,6 +66,22 @@ def optimiser_step(accelerator, loss: torch.Tensor, model: torch.nn.Module, opti
     optimizer.zero_grad(set_to_none=True)
 
 
+def training_precision(run: RunConfig) -> str:
+    """``run.mixed_precision``, except fp16 on the CPU: fp32 there, with one warning line.
+
+    fp16 autocast and loss scaling are GPU features (accelerate gives the CPU neither, and half weights
+    then meet fp32 inputs); the example config asks for fp16, and a CPU smoke run of it should run, in
+    the same maths, rather than stop. bf16 is left alone: CPUs run it, if slowly.
+    """
+    on_cpu = run.device == "cpu" or (run.device is None and not torch.accelerator.is_available())
+    if run.mixed_precision != "fp16" or not on_cpu:
+        return run.mixed_precision
+    if os.environ.get("RANK", "0") == "0":
+        print("warning: run.mixed_precision fp16 needs a GPU; training on the CPU in fp32 "
+              "(set run.mixed_precision: no to silence this)", file=sys.stderr)
+    return "no"
+
+
 class Trainer:
     """Holds the models, optimisers and data of one run; ``fit`` trains, ``export`` writes weights."""
 
@@ -74,7 +92,7 @@ class Trainer:
         self.config = cfg = config
         out = Path(cfg.run.output_dir)
         self.accelerator = acc = Accelerator(
-            gradient_accumulation_steps=cfg.run.gradient_accumulation, mixed_precision=cfg.run.mixed_precision,
+            gradient_accumulation_steps=cfg.run.gradient_accumulation, mixed_precision=training_precision(cfg.run),
             log_with="tensorboard", cpu=cfg.run.device == "cpu",
             project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")),
             # the decoder-LoRA-less VAE path and disabled adapters leave parameters unused in some steps
@@ -91,7 +109,7 @@ class Trainer:
                         cfg.model.rank_vae, cfg.model.train_vae, cfg.model.train_conv_in)
         critic = None
         if reg_unet is not None:
-            critic = Regulariser(reg_unet, cfg.model.rank_regularizer)
+            critic = Regulariser(reg_unet, cfg.model.rank_regularizer, cfg.model.regularizer_adapters)
         elif cfg.loss.regularization == "adversarial":
             from ..losses import PatchDiscriminator
 
@@ -188,11 +206,16 @@ class Trainer:
         return list(self.prompt_extractor(images, ""))
 
     def degrade(self, hq: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """(N, 3, S, S) in [0, 1] -> LQ in [0, 1]: S / scale, or S with the authors' random resize back."""
-        if self.degradation is None:
-            from ..degradation import RealESRGANDegradation
+        """(N, 3, S, S) in [0, 1] -> LQ in [0, 1]: S / scale, or S with the authors' random resize back
+        (Real-ESRGAN); S (CodeFormer, the face model)."""
+        from ..degradation import CodeFormerConfig, CodeFormerDegradation, RealESRGANDegradation
 
-            self.degradation = RealESRGANDegradation(self.config.degradation_config())
+        if self.degradation is None:
+            config = self.config.degradation_config()
+            self.degradation = (CodeFormerDegradation(config) if isinstance(config, CodeFormerConfig)
+                                else RealESRGANDegradation(config))
+        if isinstance(self.degradation, CodeFormerDegradation):
+            return self.degradation(hq, generator=generator)
         return self.degradation(hq, generator=generator, resize_back=self.config.data.lq_resize == "degradation")
 
     # -- training ----------------------------------------------------------------------------
