@@ -10,7 +10,6 @@ keeps answering health checks and refusing bad requests while the model runs.
 import asyncio
 import hashlib
 import hmac
-import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import quote
@@ -36,7 +35,6 @@ from .limits import (
     read_limited,
 )
 
-logger = logging.getLogger("ray.serve")
 STAGE_BOUNDARIES = [0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120]
 
 api = FastAPI(
@@ -68,6 +66,12 @@ async def _validation_error(request: Request, err: RequestValidationError) -> JS
 @api.exception_handler(HTTPException)
 async def _http_error(request: Request, err: HTTPException) -> JSONResponse:
     return JSONResponse({"error": str(err.detail)}, status_code=err.status_code, headers=err.headers)
+
+
+@api.exception_handler(Exception)
+async def _unexpected(request: Request, err: Exception) -> JSONResponse:
+    # a bug or a failed model run: the client learns only that, the server log has the traceback
+    return _error(500, f"internal error ({type(err).__name__}); see the server log")
 
 
 _BODY_DOC = {
