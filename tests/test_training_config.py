@@ -280,3 +280,5 @@ def test_example_configs_reproduce_the_authors_data():
     assert face.degradation_config() == CodeFormerConfig()
     with pytest.raises(ConfigError, match=r"data\.scale: must be 1 with the codeformer degradation"):
         TrainConfig.from_dict({"data": {"degradation_model": "codeformer"}})
+    with pytest.raises(ConfigError, match=r"data\.lq_resize: the codeformer degradation resizes"):
+        TrainConfig.from_dict({"data": {"degradation_model": "codeformer", "scale": 1, "lq_resize": "degradation"}})

@@ -184,6 +184,8 @@ class TrainConfig:
              "not both kinds"),
             (self.data.degradation_model != "codeformer" or self.data.scale == 1, "data.scale",
              "must be 1 with the codeformer degradation (its LQ comes back at the crop size)"),
+            (self.data.degradation_model != "codeformer" or self.data.lq_resize == "bicubic", "data.lq_resize",
+             "the codeformer degradation resizes its LQ back itself (bilinear); leave lq_resize out"),
             (min(self.model.rank_unet, self.model.rank_vae, self.model.rank_regularizer) >= 1,
              "model.rank_*", "LoRA ranks must be >= 1"),
             (0 <= self.loss.t_min < self.loss.t_max <= 1000, "loss.t_min/t_max",
