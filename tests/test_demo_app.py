@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -158,7 +159,159 @@ def test_cli_refuses_bad_arguments_before_loading_a_model(tmp_path, capsys):
     pytest.importorskip("gradio")
     from osediff.cli import main
 
-    assert main(["demo", "--prompt-extractor", "bogus", "--no-examples"]) == 2
-    assert "unknown prompt extractor 'bogus'" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as info:
+        main(["demo", "--prompt-extractor", "bogus", "--no-examples"])
+    assert info.value.code == 2 and "invalid choice: 'bogus'" in capsys.readouterr().err
     assert main(["demo", "--examples", str(tmp_path / "missing")]) == 2
-    assert "does not exist" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "does not exist" in err and err.count("\n") == 1
+
+
+def png_declaring(width: int, height: int) -> bytes:
+    """A few hundred bytes of PNG whose header declares ``width`` x ``height`` pixels."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 256)) \
+        + chunk(b"IEND", b"")
+
+
+def test_extractors_without_files_are_not_offered_and_fail_at_once(tmp_path, monkeypatch, fresh_components,
+                                                                    no_network):
+    from huggingface_hub import constants
+
+    from osediff.app.service import resolve_extractors
+
+    monkeypatch.setenv("OSEDIFF_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    offered, unavailable = resolve_extractors("text")
+    assert set(offered) == {"none", "text"} and set(unavailable) == {"caption", "dape", "ram"}
+    assert no_network == []  # extractors nobody chose are looked for in the local cache only
+    service = UpscaleService(OSEDiffPipeline(fresh_components), output_dir=tmp_path / "out", extractors=offered,
+                             unavailable=unavailable)
+    assert service.extractor_names == ["none", "text"]
+    with pytest.raises(DemoInputError) as info:
+        service.extractor("dape")
+    message = str(info.value)
+    assert "not offered on this server" in message and "--" not in message and "://" not in message
+
+
+def test_an_extractor_that_failed_to_load_is_not_tried_again(tmp_path, monkeypatch, fresh_components):
+    from osediff.checkpoint import ModelNotFoundError
+
+    calls = []
+
+    def broken(name, **kwargs):
+        calls.append(name)
+        raise ModelNotFoundError("RAM weights: unreadable")
+
+    monkeypatch.setattr("osediff.app.service.create_prompt_extractor", broken)
+    service = UpscaleService(OSEDiffPipeline(fresh_components), output_dir=tmp_path / "out",
+                             extractors={"text": {}, "ram": {"ram_path": tmp_path / "ram.pth"}})
+    for _ in range(2):
+        with pytest.raises(DemoInputError, match=r"could not be loaded on this server \(RAM weights: unreadable\)"):
+            service.extractor("ram")
+    assert calls == ["ram"]
+
+
+def test_the_temporary_output_folder_is_removed_on_shutdown(tiny_base_dir, tiny_pkl, monkeypatch, tmp_path):
+    pytest.importorskip("gradio")
+    from osediff.cli import main
+
+    seen = {}
+
+    def fake_launch(demo, **kwargs):  # returns at once, as launch does after Ctrl-C
+        seen["dirs"] = [p for p in Path(tempfile.gettempdir()).glob("osediff-demo-*") if p.is_dir()]
+
+    before = set(Path(tempfile.gettempdir()).glob("osediff-demo-*"))
+    monkeypatch.setattr("osediff.app.demo.launch_demo", fake_launch)
+    assert main(["demo", "--no-examples", "--base", str(tiny_base_dir), "--weights", str(tiny_pkl),
+                 "--device", "cpu", "--offline"]) == 0
+    created = [p for p in seen["dirs"] if p not in before]
+    assert len(created) == 1 and not created[0].exists()
+    service = UpscaleService(OSEDiffPipeline.__new__(OSEDiffPipeline), output_dir=tmp_path / "mine")
+    service.close()
+    assert (tmp_path / "mine").is_dir()  # a folder the caller chose is theirs
+
+
+@pytest.fixture
+def served_demo(service, tmp_path, monkeypatch):
+    """The page around the tiny service, served in this process on a free port."""
+    gr = pytest.importorskip("gradio")
+    import socket
+
+    from osediff.app.demo import build_demo, launch_demo
+
+    monkeypatch.setenv("GRADIO_ANALYTICS_ENABLED", "False")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    demo = build_demo(None, service=service)
+    launch_demo(demo, host="127.0.0.1", port=port, block=False)
+    try:
+        yield f"http://127.0.0.1:{port}/", gr
+    finally:
+        demo.close()
+
+
+def _call_api(url: str, data: list) -> str:
+    import json
+    import urllib.request
+
+    request = urllib.request.Request(f"{url}gradio_api/call/upscale", data=json.dumps({"data": data}).encode(),
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        event_id = json.load(response)["event_id"]
+    with urllib.request.urlopen(f"{url}gradio_api/call/upscale/{event_id}", timeout=120) as response:
+        return response.read().decode()
+
+
+def test_every_route_checks_the_header_before_decoding(served_demo, monkeypatch):
+    import base64
+
+    from PIL import ImageFile
+
+    url, _ = served_demo
+    decoded = []
+    original_load = ImageFile.ImageFile.load
+    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda self: decoded.append(self.size) or original_load(self))
+    bomb = png_declaring(13000, 13000)
+    assert len(bomb) < 1000
+    data_url = "data:image/png;base64," + base64.b64encode(bomb).decode()
+    stream = _call_api(url, [{"url": data_url, "meta": {"_type": "gradio.FileData"}}, 4, "", "text", "adain", 768])
+    assert "event: error" in stream and "13000x13000" in stream and "1,048,576 pixels" in stream
+    assert (13000, 13000) not in decoded  # refused from the header: nothing was decoded
+    for junk in ("data:image/png;base64,aGVsbG8gd29ybGQ=", "data:image/png;base64,%%%not base64%%%"):
+        stream = _call_api(url, [{"url": junk, "meta": {"_type": "gradio.FileData"}}, 4, "", "text", "adain", 768])
+        assert "event: error" in stream and "not an image file" in stream
+
+
+def test_a_non_image_upload_gets_the_projects_message(served_demo, tmp_path):
+    from gradio_client import Client, handle_file
+
+    url, _ = served_demo
+    fake = tmp_path / "holiday.png"
+    fake.write_text("this is not a picture")
+    with pytest.raises(Exception) as info:
+        Client(url, verbose=False).predict(handle_file(str(fake)), 4, "", "text", "adain", 768, api_name="/upscale")
+    message = str(info.value)
+    assert "cannot use this image: not an image file" in message
+    assert "preprocess" not in message and "/tmp" not in message and str(tmp_path) not in message
+
+
+def test_refusals_stay_in_the_status_box(service, tmp_path):
+    gr = pytest.importorskip("gradio")
+    from types import SimpleNamespace
+
+    from osediff.app.demo import DemoHandlers
+
+    handlers = DemoHandlers(service, ExampleLibrary.from_folder(None))
+    session = SimpleNamespace(session_hash="abc")
+    with pytest.raises(gr.Error) as info:
+        handlers.upscale(None, 4, "", "text", "adain", 768, request=session)
+    assert info.value.duration is None  # the toast stays until closed
+    assert handlers.last_error(session) == "error: Upload an image (or pick an example) first."

@@ -152,6 +152,9 @@ def test_too_many_pixels_is_refused_with_a_clear_message(browser_page, demo_url,
     toast.wait_for()
     assert "1100x1000" in toast.inner_text() and "1,048,576 pixels" in toast.inner_text()
     assert _textbox(page, "time-taken") == ""
+    # the message also stays on the page after any toast is gone
+    page.wait_for_function("() => document.querySelector('#status textarea')?.value.includes('1100x1000')")
+    assert _textbox(page, "status").startswith("error: ")
     page.close()
 
 

@@ -1,14 +1,19 @@
 """The Gradio page: input and settings on the left, a bicubic | OSEDiff slider and the results on the right.
 
 Handlers receive only what gradio has put in its upload folder (checked again here) or an
-example *name* from the server-side list; every refusal reaches the page as a ``gr.Error``.
+example *name* from the server-side list; every refusal reaches the page as a ``gr.Error`` that
+stays until closed, and in the status box under the result.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import inspect
 import os
 import shutil
+import threading
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -27,6 +32,38 @@ INTRO = (
     "Drag the slider to compare the bicubic enlargement (left) with OSEDiff (right)."
 )
 TILE_CHOICES = (0, 512, 768, 1024)
+
+
+class UploadedImage(gr.Image):
+    """``gr.Image`` whose handler gets the received file itself, not decoded.
+
+    gradio's own preprocessing opens the image (and fully decodes one sent as a ``data:`` URL)
+    before any handler runs: a small PNG declaring 13000x13000 pixels cost seconds and a gigabyte
+    before the pixel limit was checked, and a non-image failed with gradio's message and the
+    server's path. Here every route (upload, clipboard, API path, ``data:`` URL) arrives as a file
+    in the upload folder, and the handler checks it from its header before decoding.
+    """
+
+    def preprocess(self, payload: Any) -> str | None:
+        if payload is None:
+            return None
+        if payload.url and payload.url.startswith("data:"):
+            return _save_data_url(payload.url, Path(self.GRADIO_CACHE))
+        return payload.path
+
+
+def _save_data_url(url: str, cache: Path) -> str:
+    """The bytes of a ``data:`` URL as a file in the upload folder (text that is not base64 is kept
+    as is, so that it is refused as "not an image" like any other non-image)."""
+    header, _, payload = url.partition(",")
+    try:
+        data = base64.b64decode(payload, validate=True) if header.endswith(";base64") else payload.encode()
+    except (binascii.Error, ValueError):
+        data = payload.encode()
+    path = cache / uuid.uuid4().hex / "upload"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return str(path)
 
 
 def upload_roots() -> list[Path]:
@@ -88,8 +125,8 @@ def build_demo(pipe: OSEDiffPipeline | Callable[[], OSEDiffPipeline] | None,
         gr.Markdown(f"# {TITLE}\n{INTRO}")
         with gr.Row():
             with gr.Column(scale=2):
-                source = gr.Image(label="Low-quality input", type="filepath", image_mode=None, format="png",
-                                  sources=["upload", "clipboard"], elem_id="input-image")
+                source = UploadedImage(label="Low-quality input", type="filepath", image_mode=None, format="png",
+                                       sources=["upload", "clipboard"], elem_id="input-image")
                 if len(examples):
                     example = gr.Dropdown(examples.names, value=None, label=f"…or an example ({len(examples)})",
                                           elem_id="example", allow_custom_value=False)
@@ -98,8 +135,10 @@ def build_demo(pipe: OSEDiffPipeline | Callable[[], OSEDiffPipeline] | None,
                                     elem_id="upscale")
                 prompt = gr.Textbox(label="Prompt", placeholder="optional, e.g. 'a sharp photo of a building'",
                                     elem_id="prompt")
+                missing = f"; not available here: {', '.join(sorted(service.unavailable))}" if service.unavailable \
+                    else ""
                 extractor = gr.Dropdown(extractors, value=default_extractor, label="Prompt extractor",
-                                        info="text = the prompt above only; dape/ram tag the image",
+                                        info=f"text = the prompt above only; dape/ram tag the image{missing}",
                                         elem_id="extractor")
                 align = gr.Radio(list(ALIGN_METHODS), value="adain", label="Colour alignment", elem_id="align")
                 tile = gr.Dropdown([("off", 0), *((f"{t} px", t) for t in TILE_CHOICES[1:])], value=768,
@@ -114,8 +153,11 @@ def build_demo(pipe: OSEDiffPipeline | Callable[[], OSEDiffPipeline] | None,
                                              elem_id="download")
                 used = gr.Textbox(label="Prompt used", interactive=False, elem_id="prompt-used")
                 took = gr.Textbox(label="Time taken", interactive=False, elem_id="time-taken")
-        run.click(handlers.upscale, inputs=[source, upscale, prompt, extractor, align, tile],
-                  outputs=[slider, download, used, took], api_name="upscale")
+                status = gr.Textbox(label="Status", interactive=False, elem_id="status")
+        event = run.click(handlers.upscale, inputs=[source, upscale, prompt, extractor, align, tile],
+                          outputs=[slider, download, used, took, status], api_name="upscale")
+        # a failed run updates no output; the follow-up puts its message where it stays readable
+        event.failure(handlers.last_error, inputs=None, outputs=status, api_name=False)
     return demo
 
 
@@ -125,6 +167,18 @@ class DemoHandlers:
     def __init__(self, service: UpscaleService, examples: ExampleLibrary) -> None:
         self.service = service
         self.examples = examples
+        self._errors: dict[str, str] = {}  # the last refusal of each browser session, for the status box
+        self._errors_lock = threading.Lock()
+
+    def _refuse(self, message: str, request: gr.Request | None) -> gr.Error:
+        if request is not None and getattr(request, "session_hash", None):
+            with self._errors_lock:
+                self._errors[request.session_hash] = message
+        return gr.Error(message, duration=None, print_exception=False)  # stays until the user closes it
+
+    def last_error(self, request: gr.Request) -> str:
+        with self._errors_lock:
+            return "error: " + self._errors.pop(request.session_hash, "the request failed")
 
     def pick_example(self, name: str | None) -> str | None:
         """Copy the chosen example to the app's temp folder; gradio serves it from there."""
@@ -134,7 +188,7 @@ class DemoHandlers:
             path = self.examples.path(name)
             open_limited(path, self.service.limits)  # same limits as an upload, before showing it
         except DemoInputError as err:
-            raise gr.Error(str(err)) from None
+            raise gr.Error(str(err), duration=None, print_exception=False) from None
         staged = self.service.output_dir / "examples" / path.name
         if not staged.exists():
             staged.parent.mkdir(parents=True, exist_ok=True)
@@ -142,19 +196,19 @@ class DemoHandlers:
         return str(staged)
 
     def upscale(self, image_path: str | None, upscale: float, prompt: str, extractor: str, align: str,
-                tile_px: int) -> tuple[Any, Any, str, str]:
+                tile_px: int, request: gr.Request = None) -> tuple[Any, Any, str, str, str]:
         if not image_path:
-            raise gr.Error("Upload an image (or pick an example) first.")
+            raise self._refuse("Upload an image (or pick an example) first.", request)
         try:
             loaded = check_upload(image_path, upload_roots(), self.service.limits)
             settings = DemoSettings(float(upscale), prompt or "", extractor, align, int(tile_px or 0))
             result = self.service.upscale(loaded, settings, name=Path(image_path).name)
         except DemoInputError as err:
-            raise gr.Error(str(err)) from None
-        except RuntimeError as err:  # e.g. out of memory: tell the user, keep the server up
-            raise gr.Error(f"upscaling failed: {str(err).splitlines()[0]}") from None
+            raise self._refuse(str(err), request) from None
+        except (RuntimeError, ValueError, TypeError) as err:  # e.g. out of memory: tell the user, keep the server up
+            raise self._refuse(f"upscaling failed: {str(err).splitlines()[0]}", request) from None
         button = gr.DownloadButton(value=str(result.png_path), interactive=True)
-        return (result.bicubic, result.image), button, result.prompt, result.summary(self.service.device)
+        return (result.bicubic, result.image), button, result.prompt, result.summary(self.service.device), ""
 
 
 def launch_demo(demo: gr.Blocks, *, host: str = "127.0.0.1", port: int | None = None, share: bool = False,

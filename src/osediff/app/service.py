@@ -7,23 +7,30 @@ from __future__ import annotations
 
 import re
 import shutil
+import sys
 import tempfile
 import threading
 import time
 import uuid
+from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from PIL import Image
 
+from ..checkpoint import ModelNotFoundError
 from ..images import LoadedImage, save_image_atomic
 from ..pipeline import OSEDiffPipeline, TileConfig
-from ..prompts import PromptExtractor, available_prompt_extractors, create_prompt_extractor
+from ..prompts import (
+    PromptExtractor,
+    available_prompt_extractors,
+    create_prompt_extractor,
+    extractor_needs_model,
+    resolve_extractor_files,
+)
 from .limits import DemoInputError, UploadLimits, check_request
 
-# extractors that load networks and so need to know where to put them
-_MODEL_EXTRACTORS = ("dape", "ram", "caption")
 STAGE_LABELS = {"extract": "prompt extraction", "prompt": "text encoder", "vae_encode": "VAE encode",
                 "unet": "UNet", "vae_decode": "VAE decode"}
 
@@ -65,6 +72,27 @@ def tile_config(tile_px: int) -> TileConfig:
     return TileConfig(enabled=True, latent_tile=latent, latent_overlap=latent // 3)
 
 
+def resolve_extractors(preferred: str | None = None, *,
+                       local_files_only: bool = False) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+    """The prompt extractors a server can offer, with their files resolved, and why the others cannot.
+
+    Run once at start-up, so that the page offers only what works and no request waits on a
+    download. ``preferred`` (the page's initial choice) may be downloaded; the others are taken
+    from the local cache only: a page should not fetch gigabytes nobody asked for.
+    """
+    offered: dict[str, dict[str, Any]] = {}
+    missing: dict[str, str] = {}
+    for name in available_prompt_extractors():
+        if not extractor_needs_model(name):
+            offered[name] = {}
+            continue
+        try:
+            offered[name] = resolve_extractor_files(name, local_files_only=local_files_only or name != preferred)
+        except ModelNotFoundError as err:
+            missing[name] = err.reason
+    return offered, missing
+
+
 def safe_stem(name: str | None) -> str:
     """A download file name stem from whatever the browser called the file (letters, digits, - and _)."""
     stem = re.sub(r"[^A-Za-z0-9_-]+", "_", Path(name or "image").stem).strip("_")[:60]
@@ -72,41 +100,72 @@ def safe_stem(name: str | None) -> str:
 
 
 class UpscaleService:
-    """Holds the loaded pipeline, built prompt extractors and the folder of finished PNGs."""
+    """Holds the loaded pipeline, built prompt extractors and the folder of finished PNGs.
+
+    ``extractors`` maps the extractors to offer to their resolved files (see
+    :func:`resolve_extractors`); by default only those without a model. ``unavailable`` names the
+    others with the reason, for the server's log. Without ``output_dir`` the results go to a
+    temporary folder that :meth:`close` removes.
+    """
 
     def __init__(self, pipe: OSEDiffPipeline, limits: UploadLimits | None = None,
                  output_dir: str | Path | None = None, keep_outputs: int = 32,
-                 extractor_kwargs: dict[str, Any] | None = None) -> None:
+                 extractor_kwargs: dict[str, Any] | None = None,
+                 extractors: dict[str, dict[str, Any]] | None = None,
+                 unavailable: dict[str, str] | None = None) -> None:
         self.pipe = pipe
         self.limits = limits or UploadLimits()
+        self._owns_output_dir = output_dir is None
         self.output_dir = Path(output_dir or tempfile.mkdtemp(prefix="osediff-demo-"))
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self.keep_outputs = keep_outputs
         self.extractor_kwargs = extractor_kwargs or {}
+        if extractors is None:
+            extractors = {name: {} for name in available_prompt_extractors() if not extractor_needs_model(name)}
+        self.extractor_files = extractors
+        self.unavailable = dict(unavailable or {})
         self._extractors: dict[str, PromptExtractor] = {}
+        self._failed: dict[str, str] = {}  # a model that failed to load is not tried again
+        self._building: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
         self._lock = threading.Lock()
 
     @property
     def extractor_names(self) -> list[str]:
-        return available_prompt_extractors()
+        return sorted(self.extractor_files)
+
+    def close(self) -> None:
+        """Remove the temporary output folder (a folder given by the caller stays)."""
+        if self._owns_output_dir:
+            shutil.rmtree(self.output_dir, ignore_errors=True)
 
     @property
     def device(self) -> str:
         return str(self.pipe.device)
 
     def extractor(self, name: str) -> PromptExtractor:
-        """Build each extractor once (they can be large networks) and reuse it for every request."""
-        if name not in self.extractor_names:
-            raise DemoInputError(f"unknown prompt extractor {name!r}; choose one of {', '.join(self.extractor_names)}")
-        with self._lock:
+        """Build each extractor once (they can be large networks) and reuse it for every request.
+
+        Only the extractor being built is locked: requests using others (or ``text``) go on.
+        """
+        choices = ", ".join(self.extractor_names)
+        if name in self.unavailable:
+            raise DemoInputError(f"prompt extractor {name!r} is not offered on this server (its model files "
+                                 f"are missing); choose one of {choices}")
+        if name not in self.extractor_files:
+            raise DemoInputError(f"unknown prompt extractor {name!r}; choose one of {choices}")
+        with self._building[name]:
+            if name in self._failed:
+                raise DemoInputError(self._failed[name])
             if name not in self._extractors:
-                kwargs = dict(self.extractor_kwargs) if name in _MODEL_EXTRACTORS else {}
+                kwargs = {**self.extractor_kwargs, **self.extractor_files[name]} if extractor_needs_model(name) else {}
                 try:
                     self._extractors[name] = create_prompt_extractor(name, **kwargs)
-                except Exception as err:  # missing weights, no network, missing optional package, ...
-                    first = str(err).splitlines()[0] if str(err) else type(err).__name__
-                    raise DemoInputError(f"prompt extractor {name!r} is not available on this server: "
-                                         f"{first}") from None
+                except Exception as err:  # unreadable weights, a missing optional package, out of memory, ...
+                    # the page gets no server paths: the whole message goes to the server's log only
+                    print(f"prompt extractor {name!r} failed to load: {err}", file=sys.stderr, flush=True)
+                    reason = err.reason if isinstance(err, ModelNotFoundError) else type(err).__name__
+                    self._failed[name] = f"prompt extractor {name!r} could not be loaded on this server ({reason})"
+                    raise DemoInputError(self._failed[name]) from None
             return self._extractors[name]
 
     def upscale(self, loaded: LoadedImage, settings: DemoSettings, name: str | None = None) -> DemoResult:

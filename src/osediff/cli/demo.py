@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -15,6 +16,8 @@ from .options import add_model_options
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    from ..prompts import available_prompt_extractors  # light: registers names without importing torch
+
     p = subparsers.add_parser("demo", help="serve the web demo (needs the 'demo' extra: gradio)",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 for every interface)")
@@ -29,7 +32,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--max-output-pixels", type=int, default=4096 * 4096,
                    help="largest result in pixels (default 4096*4096)")
     p.add_argument("--max-upload-mb", type=float, default=20.0, help="largest upload in MB (default 20)")
-    p.add_argument("--prompt-extractor", default="text", help="extractor selected on the page at first")
+    p.add_argument("--prompt-extractor", default="text", choices=available_prompt_extractors(),
+                   help="extractor selected on the page at first; its model may be downloaded at start-up, the "
+                        "others are offered only if their files are in the local cache")
     add_model_options(p)
     p.set_defaults(run=run)
 
@@ -45,34 +50,38 @@ def run(args: argparse.Namespace) -> int:
     from ..app.demo import build_demo, launch_demo
     from ..app.examples import default_examples_dir
     from ..app.limits import UploadLimits
+    from ..app.service import UpscaleService, resolve_extractors
     from ..checkpoint import DEFAULT_WEIGHTS
     from ..device import pick_device, pick_dtype
+    from ..errors import OSEDiffError
     from ..pipeline import OSEDiffPipeline
-    from ..prompts import available_prompt_extractors
 
     examples = None if args.no_examples else (args.examples or default_examples_dir())
     if examples is not None and not Path(examples).is_dir():
-        print(f"error: examples folder {examples} does not exist", file=sys.stderr)
-        return 2
-    if args.prompt_extractor not in available_prompt_extractors():
-        print(f"error: unknown prompt extractor {args.prompt_extractor!r}; choose one of "
-              f"{', '.join(available_prompt_extractors())}", file=sys.stderr)
-        return 2
+        raise OSEDiffError(f"examples folder {examples} does not exist; pass --examples FOLDER or --no-examples")
     limits = UploadLimits(max_bytes=int(args.max_upload_mb * 1024 * 1024), max_pixels=args.max_pixels,
                           max_output_pixels=args.max_output_pixels)
+    device = pick_device(args.device)
+    dtype = pick_dtype(args.dtype, device)
+    # every model file is looked for before anything loads; the page offers what was found
+    extractors, unavailable = resolve_extractors(args.prompt_extractor, local_files_only=args.offline)
+    if args.prompt_extractor in unavailable:
+        raise OSEDiffError(f"prompt extractor {args.prompt_extractor!r}: {unavailable[args.prompt_extractor]}; "
+                           "start the demo with --prompt-extractor text, or once online to download it")
+    for name, reason in unavailable.items():
+        print(f"note: prompt extractor {name!r} is not offered ({reason})", flush=True)
+    print("loading the model ...", flush=True)
+    pipe = OSEDiffPipeline.from_pretrained(args.base, args.weights or DEFAULT_WEIGHTS, device=device, dtype=dtype,
+                                           local_files_only=args.offline)
+    service = UpscaleService(pipe, limits, extractor_kwargs={"device": device, "dtype": dtype},
+                             extractors=extractors, unavailable=unavailable)
+    # a plain `kill` (SIGTERM) ends the process like Ctrl-C, so the output folder is removed
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
-        device = pick_device(args.device)
-        dtype = pick_dtype(args.dtype, device)
-        print("loading the model ...", flush=True)
-        pipe = OSEDiffPipeline.from_pretrained(args.base, args.weights or DEFAULT_WEIGHTS, device=device,
-                                               dtype=dtype, local_files_only=args.offline)
-    except (RuntimeError, ValueError, OSError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    extractor_kwargs = {"device": device, "dtype": dtype, "local_files_only": args.offline}
-    demo = build_demo(pipe, examples, limits=limits, extractor_kwargs=extractor_kwargs,
-                      default_extractor=args.prompt_extractor)
-    print(f"model on {device} ({dtype}); examples: {examples or 'none'}", flush=True)
-    launch_demo(demo, host=args.host, port=args.port, share=args.share, concurrency=args.concurrency,
-                queue_size=args.queue_size, max_file_size=limits.max_bytes)
+        demo = build_demo(None, examples, service=service, default_extractor=args.prompt_extractor)
+        print(f"model on {device} ({dtype}); examples: {examples or 'none'}", flush=True)
+        launch_demo(demo, host=args.host, port=args.port, share=args.share, concurrency=args.concurrency,
+                    queue_size=args.queue_size, max_file_size=limits.max_bytes)
+    finally:
+        service.close()
     return 0
