@@ -100,7 +100,8 @@ def start_server(args: argparse.Namespace, base: Path, weights: Path, replicas: 
     while "serving on" not in log.read_text():
         if proc.poll() is not None or time.monotonic() > deadline:
             proc.kill()
-            raise SystemExit(f"osediff serve did not start; see {log}")
+            tail = "\n".join(log.read_text().splitlines()[-15:])
+            raise SystemExit(f"osediff serve did not start:\n{tail}")
         time.sleep(1)
     return proc, port
 
