@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import os
 from pathlib import Path
 
 import pytest
@@ -57,11 +58,19 @@ def no_network(monkeypatch):
     network.forget()
 
 
+def missing_shared_data(what: str, folder: Path) -> None:
+    """Skip a test whose data is missing, but fail it under CI, where a skip would hide that it never ran."""
+    message = f"{what} not found at {folder} (the shared data beside the repository)"
+    if os.environ.get("CI"):
+        pytest.fail(f"{message}; CI must provide it")
+    pytest.skip(message)
+
+
 @pytest.fixture(scope="session")
 def realsr_lr() -> Path:
     folder = REALSR / "lr"
     if not folder.is_dir():
-        pytest.skip(f"RealSR benchmark data not found at {folder}")
+        missing_shared_data("RealSR benchmark data", folder)
     return folder
 
 

@@ -10,16 +10,22 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
-from ..images import IMAGE_SUFFIXES
+from ..images import list_images
 from .limits import DemoInputError
 
-# RealSR's LR images, when the repository sits next to the shared benchmark data
+# the sample inputs shipped in the checkout, else RealSR's LR images when the repository sits next to
+# the shared benchmark data
+SAMPLES = Path("examples")
 REALSR_LR = Path("shared") / "benchmarks" / "realsr" / "lr"
 
 
 def default_examples_dir(search_from: Iterable[Path] | None = None) -> Path | None:
-    """``../shared/benchmarks/realsr/lr`` next to the working directory or to this checkout, if present."""
-    starts = list(search_from) if search_from is not None else [Path.cwd(), Path(__file__).resolve().parents[3]]
+    """The checkout's ``examples/``, else ``../shared/benchmarks/realsr/lr`` next to the working
+    directory or to this checkout, if present."""
+    checkout = Path(__file__).resolve().parents[3]
+    if search_from is None and (checkout / SAMPLES).is_dir() and list_images(checkout / SAMPLES):
+        return checkout / SAMPLES
+    starts = list(search_from) if search_from is not None else [Path.cwd(), checkout]
     for start in starts:
         candidate = start.parent / REALSR_LR
         if candidate.is_dir():
@@ -40,7 +46,7 @@ class ExampleLibrary:
         folder = Path(folder)
         if not folder.is_dir():
             raise FileNotFoundError(f"examples folder {folder} does not exist")
-        files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        files = list_images(folder)
         return cls({p.name: p.resolve() for p in files[:limit]})
 
     @property

@@ -1,6 +1,7 @@
 """``osediff demo``: the web page. Loads the model once, then serves a queued Gradio app.
 
-Example images come from ``--examples`` or, when present, ``../shared/benchmarks/realsr/lr``.
+Example images come from ``--examples``, else the checkout's ``examples/`` (or, when present,
+``../shared/benchmarks/realsr/lr``).
 Only uploads and names from that server-side list are accepted from the browser.
 """
 
@@ -24,7 +25,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
     p.add_argument("--share", action="store_true", help="also open a public gradio.live link")
     p.add_argument("--examples", type=Path, default=None,
-                   help="folder of example images (default: RealSR LR if present)")
+                   help="folder of example images (default: the checkout's examples/)")
     p.add_argument("--no-examples", action="store_true", help="offer no examples")
     p.add_argument("--concurrency", type=int, default=1, help="requests run at once (default 1; the rest queue)")
     p.add_argument("--queue-size", type=int, default=16, help="requests that may wait before new ones are refused")
