@@ -13,6 +13,9 @@ from pathlib import Path, PurePosixPath
 from ..errors import OSEDiffError
 from ..images import DEFAULT_MAX_PIXELS
 
+if typing.TYPE_CHECKING:
+    from ..pipeline import TileConfig
+
 OUTPUT_FORMATS = {"png": ".png", "jpg": ".jpg", "webp": ".webp", "tiff": ".tiff"}
 # extractors that need no model file: the user's text or nothing
 TEXT_EXTRACTORS = ("none", "text")
@@ -38,7 +41,7 @@ class ModelOptions:
     compile_unet: bool = False
 
 
-def _default_tiles():
+def _default_tiles() -> TileConfig:
     from ..pipeline import TileConfig  # torch: only when a config is built without tiles
 
     return TileConfig()
@@ -70,7 +73,7 @@ class BatchConfig:
     align: str = "adain"
     latent: str = "mode"
     seed: int | None = None
-    tiles: typing.Any = field(default_factory=_default_tiles)  # pipeline.TileConfig
+    tiles: TileConfig = field(default_factory=_default_tiles)
     format: str = "png"
     quality: int = 95
     skip_existing: bool = False
@@ -191,7 +194,7 @@ def _check_options(config: BatchConfig) -> None:
             raise BatchConfigError(message)
 
 
-def _check_tiles(tiles) -> None:
+def _check_tiles(tiles: TileConfig) -> None:
     from ..pipeline import TileConfig
 
     maps = typing.get_args(typing.get_type_hints(TileConfig)["vae_maps"])

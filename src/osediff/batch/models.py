@@ -12,12 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import OSEDiffError
+from ..prompts import extractor_needs_model, resolve_extractor_files
 from .config import TEXT_EXTRACTORS, BatchConfig
-
-try:  # the hardening work (issue 11) adds one-line, offline-fast resolution of extractor files
-    from ..prompts import resolve_extractor_files
-except ImportError:  # until then the extractor's factory resolves its own files when it is built
-    resolve_extractor_files = None
 
 
 class ModelFilesError(OSEDiffError):
@@ -47,7 +43,7 @@ def resolve_models(config: BatchConfig) -> ResolvedModels:
     weights_path = resolve_file(weights, mirrors=mirrors, local_files_only=model.offline)
     name = config.prompt_extractor if config.needs_extractor else "text"
     kwargs: dict = {}
-    if config.needs_extractor and resolve_extractor_files is not None:
+    if config.needs_extractor:
         try:
             kwargs = resolve_extractor_files(name, ram=config.ram, dape=config.dape, ram_tags=config.ram_tags,
                                              captioner=config.captioner, local_files_only=model.offline)
@@ -105,27 +101,11 @@ def load_pipeline(config: BatchConfig, resolved: ResolvedModels):
 def _build_extractor(config: BatchConfig, resolved: ResolvedModels, device, dtype):
     import torch
 
-    from ..checkpoint import ModelNotFoundError
     from ..prompts import create_prompt_extractor
 
     name = resolved.extractor
+    if not extractor_needs_model(name):
+        return create_prompt_extractor(name)
     dtype_name = {torch.float16: "fp16", torch.bfloat16: "bf16"}.get(dtype, "fp32")
-    common = {"device": str(device), "dtype": dtype_name, "batch_size": config.prompt_batch_size,
-              "local_files_only": config.model.offline}
-    if resolve_extractor_files is not None:
-        from ..prompts import extractor_needs_model
-
-        kwargs = {**common, **resolved.extractor_kwargs} if extractor_needs_model(name) else {}
-    elif name == "dape":  # resolved by the factory itself (see the import at the top)
-        kwargs = {"ram_path": config.ram, "dape_path": config.dape, "tags_path": config.ram_tags, **common}
-    elif name == "ram":
-        kwargs = {"ram_path": config.ram, "tags_path": config.ram_tags, **common}
-    elif name == "caption":
-        kwargs = {"model": config.captioner, **common}
-    else:
-        kwargs = {}
-    try:
-        return create_prompt_extractor(name, **kwargs)
-    except ModelNotFoundError as err:
-        fallback = _fallback(config, err)
-        return create_prompt_extractor(fallback)
+    return create_prompt_extractor(name, device=str(device), dtype=dtype_name, batch_size=config.prompt_batch_size,
+                                   local_files_only=config.model.offline, **resolved.extractor_kwargs)

@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import socket
+import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from dataclasses import dataclass
 from ..errors import OSEDiffError
 from ..images import ImageLoadError, LoadedImage, load_image, write_text_atomic
 from .config import BatchConfig, BatchConfigError, is_uri, output_clashes, output_name, validate
-from .runner import FAILED, SKIPPED, BatchSummary, ImageRecord, upscale_loaded
+from .runner import FAILED, SKIPPED, BatchSummary, ImageRecord, RecordHook, upscale_loaded
 from .storage import Folder, collect_any, read_bytes
 
 MANIFEST_NAME = "manifest.jsonl"
@@ -85,7 +86,7 @@ def _probe(address: str) -> None:
                          "with `ray start --head` or leave --ray-address out for a local instance")
 
 
-def run_ray(config: BatchConfig, options: RayOptions, on_record=None) -> BatchSummary:
+def run_ray(config: BatchConfig, options: RayOptions, on_record: RecordHook | None = None) -> BatchSummary:
     """The whole job on Ray; every input gets one record, also written to the manifest."""
     from .models import resolve_models
 
@@ -142,7 +143,7 @@ def _stream(config: BatchConfig, options: RayOptions, todo: list[str], record) -
         resources = _replica_resources(ray, options, len(todo), chunk)
         items = [{"input": src} for src in todo]
         ds = ray.data.from_items(items, override_num_blocks=max(1, len(todo) // chunk))
-        ds = ds.map_batches(_decode, batch_format="pandas", batch_size=chunk, num_cpus=1,
+        ds = ds.map_batches(_decode, batch_format="pandas", batch_size=chunk, num_cpus=min(1, resources["num_cpus"]),
                             fn_kwargs={"max_pixels": config.max_pixels})
         with warnings.catch_warnings():
             # bounded restarts have no named parameter yet (Ray Data's default is to retry forever)
@@ -155,8 +156,6 @@ def _stream(config: BatchConfig, options: RayOptions, todo: list[str], record) -
                 rec = ImageRecord(**{key: row[key] for key in ("input", "output", "status", "error", "prompt")},
                                   seconds=float(row["seconds"]))
                 record(rec)
-                if rec.status == FAILED:
-                    bar.write(f"error: {rec.error}")
                 bar.update()
     except ray.exceptions.RayError as err:
         raise RayEngineError(f"the Ray job failed: {str(err).strip().splitlines()[-1]}") from None
@@ -170,6 +169,8 @@ def _replica_resources(ray, options: RayOptions, images: int, chunk: int) -> dic
     gpus, cpus = int(available.get("GPU", 0)), int(available.get("CPU", 1))
     if gpus:
         count, per_replica = options.replicas or gpus, {"num_gpus": 1, "num_cpus": 1}
+    elif cpus < 2:  # a single CPU: replica and decoding share it (whole CPUs each would never both run)
+        count, per_replica = 1, {"num_cpus": 0.5}
     else:
         per = max(1, min(options.cpus_per_replica, cpus - 1))
         count, per_replica = options.replicas or max(1, (cpus - 1) // per), {"num_cpus": per}
@@ -252,7 +253,13 @@ def write_manifest(summary: BatchSummary, location: str) -> None:
 
 def run_on_ray(config: BatchConfig, options: RayOptions) -> int:
     """The CLI's ``--engine ray``: messages, a summary line and the exit status."""
-    summary = run_ray(config, options)
+    from tqdm import tqdm
+
+    def report(record: ImageRecord) -> None:
+        if record.status == FAILED:
+            tqdm.write(f"error: {record.error}", file=sys.stderr)
+
+    summary = run_ray(config, options, on_record=report)
     seconds = summary.seconds
     rate = summary.written / seconds if seconds else 0.0
     print(f"done [ray]: {summary.written} written to {config.output}, {summary.failed} failed, "
