@@ -74,3 +74,17 @@ def test_fp16_on_cpu_trains_in_fp32_after_one_warning_line(fresh_components, tmp
     assert trainer.accelerator.mixed_precision == "no" and trainer.weight_dtype == torch.float32
     result = trainer.fit(progress=False)
     assert result.step == 1 and all(torch.isfinite(torch.tensor(v)) for v in result.history[0].values())
+
+
+def test_precision_choice_before_any_model(monkeypatch, capsys):
+    from osediff.training import loop
+    from osediff.training.config import RunConfig
+
+    monkeypatch.setattr(loop, "_accelerator_available", lambda: False)
+    assert loop.training_precision(RunConfig(mixed_precision="fp16", device=None)) == "no"
+    assert loop.training_precision(RunConfig(mixed_precision="bf16", device="cpu")) == "bf16"
+    assert loop.training_precision(RunConfig(mixed_precision="no", device="cpu")) == "no"
+    assert capsys.readouterr().err.count("\n") == 1  # one line, for the fp16 case only
+    monkeypatch.setattr(loop, "_accelerator_available", lambda: True)
+    assert loop.training_precision(RunConfig(mixed_precision="fp16", device=None)) == "fp16"
+    assert loop.training_precision(RunConfig(mixed_precision="fp16", device="cpu")) == "no"

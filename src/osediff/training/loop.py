@@ -73,13 +73,19 @@ def training_precision(run: RunConfig) -> str:
     then meet fp32 inputs); the example config asks for fp16, and a CPU smoke run of it should run, in
     the same maths, rather than stop. bf16 is left alone: CPUs run it, if slowly.
     """
-    on_cpu = run.device == "cpu" or (run.device is None and not torch.accelerator.is_available())
+    on_cpu = run.device == "cpu" or (run.device is None and not _accelerator_available())
     if run.mixed_precision != "fp16" or not on_cpu:
         return run.mixed_precision
     if os.environ.get("RANK", "0") == "0":
         print("warning: run.mixed_precision fp16 needs a GPU; training on the CPU in fp32 "
               "(set run.mixed_precision: no to silence this)", file=sys.stderr)
     return "no"
+
+
+def _accelerator_available() -> bool:
+    if hasattr(torch, "accelerator"):  # torch >= 2.6 knows every backend
+        return torch.accelerator.is_available()
+    return torch.cuda.is_available() or torch.backends.mps.is_available()
 
 
 class Trainer:
