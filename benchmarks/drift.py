@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from inference import lr_images
+from _common import drift, lr_images
 from osediff.pipeline import OSEDiffPipeline, TileConfig
 from random_model import make_random_model
 
@@ -53,11 +53,8 @@ def main() -> None:
     print("| variant | max abs (levels) | mean abs (levels) | PSNR vs fp32 dB |")
     print("|---|---|---|---|")
     for name, out in rows:
-        diff = (out - reference).abs()
-        mse = (diff**2).mean().item()
-        psnr = float("inf") if mse == 0 else 10 * torch.log10(torch.tensor(255.0**2 / mse)).item()
-        print(f"| {name} | {diff.max().item():.2f} | {diff.mean().item():.3f} | {psnr:.1f} |")
-
+        d = drift(out, reference)
+        print(f"| {name} | {d['max_levels']:.2f} | {d['mean_levels']:.3f} | {d['psnr_db']:.1f} |")
 
 if __name__ == "__main__":
     main()

@@ -26,43 +26,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
+from _common import PROMPT, cfg_unet_step, lr_images, peak_memory_gib
 
-REALSR_LR = Path(__file__).resolve().parents[1].parent / "shared" / "benchmarks" / "realsr" / "lr"
 STAGES = ("prompt", "vae_encode", "unet", "vae_decode")
-PROMPT = "a photo"
-
-
-def lr_images(size: int, count: int) -> list[Image.Image]:
-    """RealSR LR crops when ../shared is present (tiled up for large sizes), else smooth noise."""
-    files = sorted(REALSR_LR.glob("*.png")) if REALSR_LR.is_dir() else []
-    images = []
-    for i in range(count):
-        if files:
-            img = Image.open(files[i % len(files)]).convert("RGB")
-            img = img.resize((size, size), Image.BICUBIC) if size > img.width else img.crop((0, 0, size, size))
-        else:
-            rng = np.random.default_rng(i)
-            img = Image.fromarray(rng.integers(0, 256, (size // 8, size // 8, 3), dtype=np.uint8)).resize(
-                (size, size), Image.BICUBIC)
-        images.append(img)
-    return images
-
-
-def peak_memory_gib(device) -> float:
-    import torch
-
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**30
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
 def measure(cfg: dict) -> dict:
@@ -114,35 +86,6 @@ def preview_decoder(path: str | None):
     from diffusers import AutoencoderTiny
 
     return AutoencoderTiny.from_pretrained(path) if path else AutoencoderTiny().eval()
-
-
-def cfg_unet_step(pipe, latent: int, repeats: int, control: bool = False) -> float:
-    """Median seconds of one classifier-free-guided UNet evaluation (cond + uncond, batch 2), with
-    the residuals of a ControlNet branch fed into it when ``control``."""
-    import torch
-    from diffusers import ControlNetModel
-
-    z = torch.randn(2, 4, latent, latent, device=pipe.device, dtype=pipe.dtype)
-    context = torch.cat([pipe.encode_prompt(PROMPT), pipe.encode_prompt("")])
-    timestep = torch.tensor([500], device=pipe.device)
-    controlnet = ControlNetModel.from_unet(pipe.unet).to(pipe.device, pipe.dtype) if control else None
-    condition = torch.rand(2, 3, latent * 8, latent * 8, device=pipe.device, dtype=pipe.dtype) if control else None
-    seconds = []
-    with torch.no_grad():
-        for _ in range(repeats + 1):
-            if pipe.device.type == "cuda":
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            residuals = {}
-            if controlnet is not None:
-                down, mid = controlnet(z, timestep, encoder_hidden_states=context, controlnet_cond=condition,
-                                       return_dict=False)
-                residuals = {"down_block_additional_residuals": down, "mid_block_additional_residual": mid}
-            pipe.unet(z, timestep, encoder_hidden_states=context, **residuals)
-            if pipe.device.type == "cuda":
-                torch.cuda.synchronize()
-            seconds.append(time.perf_counter() - start)
-    return statistics.median(seconds[1:])
 
 
 def folder_throughput(cfg: dict) -> dict:
