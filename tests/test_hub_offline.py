@@ -144,3 +144,14 @@ def test_extractor_metadata_and_local_files(tmp_path, caches):
     assert resolve_extractor_files("caption", captioner=tmp_path) == {"model": tmp_path}
     with pytest.raises(OSEDiffError, match="unknown prompt extractor 'dapee'"):
         resolve_extractor_files("dapee")
+
+
+def test_finding_files_imports_no_torch():
+    """A missing file is reported before the heavy imports (torch alone takes seconds to import)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from osediff.checkpoint import ModelNotFoundError, resolve_base, resolve_file; "
+            "from osediff.prompts import resolve_extractor_files; print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"

@@ -1,4 +1,13 @@
-"""Weights I/O: the authors' checkpoint, our safetensors format, and hub/URL resolution."""
+"""Weights I/O: the authors' checkpoint, our safetensors format, and hub/URL resolution.
+
+Resolution (``resolve_base``, ``resolve_file``, ``ModelNotFoundError``) imports no torch, so a
+command can find out that a file is missing before paying for the heavy imports; the weights
+classes are imported on first use.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
 
 from .hub import (
     DEFAULT_BASE,
@@ -10,7 +19,20 @@ from .hub import (
     resolve_base,
     resolve_file,
 )
-from .weights import CheckpointError, OSEDiffWeights, convert_weights
+
+if TYPE_CHECKING:
+    from .weights import CheckpointError, OSEDiffWeights, convert_weights
+
+_WEIGHTS_NAMES = ("CheckpointError", "OSEDiffWeights", "convert_weights")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _WEIGHTS_NAMES:
+        from . import weights
+
+        return getattr(weights, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "DEFAULT_BASE",
