@@ -155,3 +155,11 @@ def test_finding_files_imports_no_torch():
             "from osediff.prompts import resolve_extractor_files; print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_the_error_keeps_both_wordings_across_processes():
+    import pickle
+
+    err = pickle.loads(pickle.dumps(ModelNotFoundError("osediff.pkl: file not found", hub.WEIGHTS_OPTION)))
+    assert str(err).endswith("pass weights=<path to osediff.pkl>")
+    assert err.cli_message().endswith("pass --weights <path to osediff.pkl>")

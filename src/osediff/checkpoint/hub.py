@@ -83,6 +83,9 @@ class ModelNotFoundError(OSEDiffError, RuntimeError):
     def cli_message(self) -> str:
         return _with_hint(self.reason, self.option.flag if self.option else None)
 
+    def __reduce__(self):  # rebuilt with its option when it crosses processes (Ray workers, spawn)
+        return type(self), (self.reason, self.option)
+
 
 def _with_hint(reason: str, hint: str | None) -> str:
     return f"{reason}; pass {hint}" if hint else reason
