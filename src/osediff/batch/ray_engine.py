@@ -15,6 +15,7 @@ import logging
 import os
 import socket
 import sys
+import tempfile
 import time
 import warnings
 from dataclasses import dataclass
@@ -63,13 +64,31 @@ def connect(address: str | None) -> bool:
     if address not in (None, "auto", "local"):
         _probe(address)
     try:
-        ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR, include_dashboard=False,
-                 configure_logging=False)
+        if address is None:  # starts Ray's own processes, which must not inherit a borrowed stderr
+            ray.init(log_to_driver=False, logging_level=logging.ERROR, include_dashboard=False,
+                     configure_logging=False)
+        else:
+            _join(ray, address)
     except (ConnectionError, RuntimeError, ValueError) as err:
         where = address or "a local instance"
         raise RayEngineError(f"--ray-address {where}: cannot start or join Ray ({str(err).splitlines()[0]}); "
                              "start a cluster with `ray start --head` or leave --ray-address out") from None
     return True
+
+
+def _join(ray, address: str) -> None:
+    """``ray.init(address)`` with stderr held back: a port that accepts TCP but is no Ray head makes
+    Ray's C++ client log a warning a second until it gives up (~20 s). Shown if the join succeeds."""
+    with tempfile.TemporaryFile() as held:
+        saved = os.dup(2)
+        os.dup2(held.fileno(), 2)
+        try:
+            ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR, configure_logging=False)
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        held.seek(0)
+        os.write(2, held.read())
 
 
 def _probe(address: str) -> None:

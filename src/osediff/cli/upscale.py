@@ -175,10 +175,12 @@ def run(args: argparse.Namespace) -> int:
     from ..errors import OSEDiffError
 
     try:
+        if args.engine == "ray":
+            from ..batch.ray_engine import RayOptions, import_ray, run_on_ray
+
+            import_ray()  # the install hint before anything slow
         config = config_from_args(args)
         if args.engine == "ray":
-            from ..batch.ray_engine import RayOptions, run_on_ray
-
             return run_on_ray(config, RayOptions(address=args.ray_address, manifest=args.manifest,
                                                  cpus_per_replica=args.ray_cpus_per_replica))
         return run_local(config)
