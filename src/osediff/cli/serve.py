@@ -16,8 +16,6 @@ import threading
 
 from .options import add_model_options
 
-MODEL_EXTRACTORS = ("dape", "ram", "caption")
-
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     from ..prompts import available_prompt_extractors

@@ -16,10 +16,9 @@ from pathlib import Path
 from PIL import Image
 
 from ..images import LoadedImage
+from ..prompts import extractor_needs_model
 from .limits import ServeLimits, UpscaleParams
 
-# extractors that run a network and so are told where (device, dtype) and from which files
-MODEL_EXTRACTORS = ("dape", "ram", "caption")
 ALWAYS_LOADED = ("text", "none")
 
 
@@ -102,7 +101,7 @@ class Engine:
                   "caption": {"model": files.get("captioner")}}
         common = {"device": str(device), "dtype": dtype_name, "local_files_only": config.offline}
         self.extractors = {name: create_prompt_extractor(name, **({**kwargs[name], **common}
-                                                                  if name in MODEL_EXTRACTORS else {}))
+                                                                  if extractor_needs_model(name) else {}))
                            for name in config.extractors}
         self.device, self.dtype = str(device), str(dtype).removeprefix("torch.")
 
@@ -145,7 +144,7 @@ class Engine:
         for (name, user_prompt), indices in calls.items():
             extractor = self.extractors[name]
             images = ([bicubic_upscale(jobs[i].image.rgb, upscale) for i in indices]
-                      if name in MODEL_EXTRACTORS else [jobs[i].image.rgb for i in indices])
+                      if extractor_needs_model(name) else [jobs[i].image.rgb for i in indices])
             for index, prompt in zip(indices, extractor(images, user_prompt), strict=True):
                 prompts[index] = prompt
         return prompts
