@@ -34,22 +34,27 @@ INTRO = (
 TILE_CHOICES = (0, 512, 768, 1024)
 
 
-class UploadedImage(gr.Image):
-    """``gr.Image`` whose handler gets the received file itself, not decoded.
+def uploaded_image(**kwargs: Any) -> gr.Image:
+    """A ``gr.Image`` input whose handler gets the received file itself, not decoded.
 
     gradio's own preprocessing opens the image (and fully decodes one sent as a ``data:`` URL)
     before any handler runs: a small PNG declaring 13000x13000 pixels cost seconds and a gigabyte
     before the pixel limit was checked, and a non-image failed with gradio's message and the
     server's path. Here every route (upload, clipboard, API path, ``data:`` URL) arrives as a file
-    in the upload folder, and the handler checks it from its header before decoding.
+    in the upload folder, and the handler checks it from its header before decoding. (The method is
+    replaced on the instance: a subclass would make gradio write a ``.pyi`` stub beside this module.)
     """
+    image = gr.Image(type="filepath", **kwargs)
 
-    def preprocess(self, payload: Any) -> str | None:
+    def preprocess(payload: Any) -> str | None:
         if payload is None:
             return None
         if payload.url and payload.url.startswith("data:"):
-            return _save_data_url(payload.url, Path(self.GRADIO_CACHE))
+            return _save_data_url(payload.url, Path(image.GRADIO_CACHE))
         return payload.path
+
+    image.preprocess = preprocess
+    return image
 
 
 def _save_data_url(url: str, cache: Path) -> str:
@@ -125,8 +130,8 @@ def build_demo(pipe: OSEDiffPipeline | Callable[[], OSEDiffPipeline] | None,
         gr.Markdown(f"# {TITLE}\n{INTRO}")
         with gr.Row():
             with gr.Column(scale=2):
-                source = UploadedImage(label="Low-quality input", type="filepath", image_mode=None, format="png",
-                                       sources=["upload", "clipboard"], elem_id="input-image")
+                source = uploaded_image(label="Low-quality input", image_mode=None, format="png",
+                                        sources=["upload", "clipboard"], elem_id="input-image")
                 if len(examples):
                     example = gr.Dropdown(examples.names, value=None, label=f"…or an example ({len(examples)})",
                                           elem_id="example", allow_custom_value=False)
