@@ -8,7 +8,7 @@ the model ``batch_size`` at a time.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -127,25 +127,23 @@ def run(config: BatchConfig, *, pipe=None, on_start: Callable[[int], None] | Non
 
 
 def upscale_loaded(pipe, config: BatchConfig, loaded: Sequence[tuple[str, LoadedImage]], out: Folder,
-                   user_prompt: str, *, free_prompt_models: bool = False) -> list[ImageRecord]:
-    """Prompts for decoded images, then the model on same-size groups, then the writes; one record each.
+                   user_prompt: str, *, free_prompt_models: bool = False) -> Iterator[ImageRecord]:
+    """Prompts for decoded images, then the model on same-size groups, then the writes; one record
+    each, yielded group by group (so progress moves while a chunk runs).
 
     ``free_prompt_models``: no prompts are needed after these, so the extractor and text encoder go.
     """
-    records: list[ImageRecord] = []
     prompts = {}
     for key, prompt in _prompts(pipe, config, loaded, user_prompt).items():
         if isinstance(prompt, Exception):
-            records.append(ImageRecord(key, out.path(output_name(key, config.format)), FAILED,
-                                       f"{key}: {_first_line(prompt)}"))
+            yield ImageRecord(key, out.path(output_name(key, config.format)), FAILED, f"{key}: {_first_line(prompt)}")
         else:
             prompts[key] = prompt
     if pipe.prompt_extractor is not None and free_prompt_models:
         pipe.keep_only_prompts(prompts.values())
     ready = [(key, image) for key, image in loaded if key in prompts]
     for group in _same_size_groups(ready, config.batch_size):
-        records.extend(_upscale_group(pipe, config, group, prompts, out))
-    return records
+        yield from _upscale_group(pipe, config, group, prompts, out)
 
 
 def _prompts(pipe, config: BatchConfig, loaded, user_prompt: str) -> dict[str, str | Exception]:
