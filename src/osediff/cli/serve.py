@@ -116,6 +116,21 @@ def build_config(args: argparse.Namespace):
     )
 
 
+def _start_ray(ray, args: argparse.Namespace) -> None:
+    """``ray.init``, tried twice when starting a local node: Ray gives its node 30 s to register,
+    which a machine busy with other work can miss once."""
+    for attempt in (1, 2):
+        try:
+            ray.init(address=args.ray_address, include_dashboard=False, _metrics_export_port=args.metrics_port,
+                     logging_level=args.log_level)
+            return
+        except Exception:
+            ray.shutdown()
+            if attempt == 2 or args.ray_address is not None:
+                raise
+            print("warning: the local Ray node was slow to start; trying once more", file=sys.stderr, flush=True)
+
+
 def run(args: argparse.Namespace) -> int:
     problem = _check_options(args)
     if problem:
@@ -142,8 +157,10 @@ def run(args: argparse.Namespace) -> int:
                       replica_gpus=gpus)
 
     print("starting Ray Serve and loading the model ...", flush=True)
-    ray.init(address=args.ray_address, include_dashboard=False, _metrics_export_port=args.metrics_port,
-             logging_level=args.log_level)
+    try:
+        _start_ray(ray, args)
+    except Exception as err:  # Ray raises bare Exceptions for a node that does not come up
+        return _fail(f"Ray did not start: {str(err).strip().splitlines()[-1]}")
     # after ray.init, which installs its own fatal-signal handler: SIGTERM must shut down, not dump
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
