@@ -30,6 +30,7 @@ def test_bad_options_fail_in_one_line_before_anything_starts(tiny_base_dir, tiny
         (["--autoscale", "3:1"], "--autoscale MIN:MAX needs 0 <= MIN <= MAX"),
         (["--max-batch-size", "4", "--max-ongoing-requests", "2"], "--max-ongoing-requests (2) must be at least"),
         (["--weights", str(tiny_base_dir / "missing.pkl")], "missing.pkl"),
+        (["--prompt-extractor", "dape", "--offline", "--ram", str(tiny_base_dir / "ram.pth")], "pass --ram"),
     ]
     for extra, message in cases:
         assert main(["serve", *model, *extra]) == 2

@@ -92,6 +92,7 @@ def build_config(args: argparse.Namespace):
     """Resolve the model files once, here (one-line errors), so replicas only read local paths."""
     from ..checkpoint import DEFAULT_WEIGHTS, resolve_base, resolve_file
     from ..checkpoint.hub import WEIGHTS_MIRRORS
+    from ..prompts import extractor_needs_model, resolve_extractor_files
     from ..serve.engine import ALWAYS_LOADED, ServeConfig, file_sha256
     from ..serve.limits import ServeLimits
 
@@ -101,12 +102,14 @@ def build_config(args: argparse.Namespace):
     weights = resolve_file(spec, mirrors=mirrors, local_files_only=args.offline)
     chosen = args.prompt_extractor or ["text"]
     extractors = tuple(dict.fromkeys([*chosen, *ALWAYS_LOADED]))
+    files = {name: resolve_extractor_files(name, ram=args.ram, dape=args.dape, ram_tags=args.ram_tags,
+                                           captioner=args.captioner, local_files_only=args.offline)
+             for name in extractors if extractor_needs_model(name)}
     api_key = os.environ.get(args.api_key_env) if args.api_key_env else None
     cpus = max(1, int(args.replica_cpus))
     return ServeConfig(
         base=str(base), weights=str(weights), device=args.device, dtype=args.dtype, decoder_dtype=args.decoder_dtype,
-        extractors=extractors, default_extractor=chosen[0], offline=args.offline,
-        extractor_files={"dape": args.dape, "ram": args.ram, "tags": args.ram_tags, "captioner": args.captioner},
+        extractors=extractors, default_extractor=chosen[0], extractor_files=files,
         limits=ServeLimits(max_bytes=int(args.max_upload_mb * 1024 * 1024), max_pixels=args.max_pixels,
                            max_output_pixels=args.max_output_pixels, max_upscale=args.max_upscale),
         max_batch_size=args.max_batch_size, batch_wait_s=args.batch_wait_ms / 1000,

@@ -32,7 +32,8 @@ class ServeConfig:
     dtype: str = "auto"
     decoder_dtype: str = "auto"
     extractors: tuple[str, ...] = ALWAYS_LOADED
-    extractor_files: dict[str, str | None] = field(default_factory=dict)  # ram, dape, tags, captioner
+    # per model extractor, its factory's file arguments as local paths (prompts.resolve_extractor_files)
+    extractor_files: dict[str, dict] = field(default_factory=dict)
     default_extractor: str = "text"
     limits: ServeLimits = field(default_factory=ServeLimits)
     max_batch_size: int = 4
@@ -40,7 +41,6 @@ class ServeConfig:
     api_key_sha256: str | None = None  # the key itself never leaves the process that read it
     threads: int | None = None
     weights_sha256: str | None = None
-    offline: bool = False
     # what /v1/info shows: the names the operator gave, not server paths
     base_label: str = ""
     weights_label: str = ""
@@ -94,13 +94,8 @@ class Engine:
         self.pipe.optimize(channels_last=True, decoder_dtype=pick_decoder_dtype(config.decoder_dtype, device, dtype))
         self.tiles = TileConfig()
         dtype_name = {torch.float16: "fp16", torch.bfloat16: "bf16"}.get(dtype, "fp32")
-        files = config.extractor_files
-        kwargs = {"dape": {"ram_path": files.get("ram"), "dape_path": files.get("dape"),
-                           "tags_path": files.get("tags")},
-                  "ram": {"ram_path": files.get("ram"), "tags_path": files.get("tags")},
-                  "caption": {"model": files.get("captioner")}}
-        common = {"device": str(device), "dtype": dtype_name, "local_files_only": config.offline}
-        self.extractors = {name: create_prompt_extractor(name, **({**kwargs[name], **common}
+        common = {"device": str(device), "dtype": dtype_name, "local_files_only": True}
+        self.extractors = {name: create_prompt_extractor(name, **({**config.extractor_files[name], **common}
                                                                   if extractor_needs_model(name) else {}))
                            for name in config.extractors}
         self.device, self.dtype = str(device), str(dtype).removeprefix("torch.")
