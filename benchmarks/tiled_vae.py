@@ -88,7 +88,8 @@ def worker(args: argparse.Namespace) -> None:
         if args.variant == "untiled":
             image = vae.decoder(vae.post_quant_conv(z.to(dtype)))
         else:
-            image = tiled_decode(vae, z, tile_size=args.tile, offload_device=args.offload, **VARIANTS[args.variant])
+            image = tiled_decode(vae, z, tile_size=args.tile, offload_device=args.offload,
+                                 recompute_above=args.recompute_above, **VARIANTS[args.variant])
     if cuda:
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
@@ -107,6 +108,9 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
     parser.add_argument("--offload", default=None, help="where tiled maps live between layers, e.g. cpu")
+    parser.add_argument("--recompute-above", type=int, default=1 << 30,
+                        help="bytes from which a map is recomputed instead of stored (1 GiB: from 2048x2048 in "
+                             "16-bit floats; 2**28 gives 1024x1024 the same passes)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--variants", default="untiled,tiled,tiled-attn-per-tile,tiled-naive-groupnorm")
     parser.add_argument("--variant", help=argparse.SUPPRESS)
@@ -126,8 +130,9 @@ def main() -> None:
         for name in names:
             output = Path(tmp) / f"{name}.pt"
             cmd = [sys.executable, __file__, "--variant", name, "--output", str(output),
-                   *(f"--{k}={v}" for k, v in vars(args).items()
-                     if k in ("latent", "tile", "device", "dtype", "offload", "threads") and v is not None)]
+                   *(f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items()
+                     if k in ("latent", "tile", "device", "dtype", "offload", "threads", "recompute_above")
+                     and v is not None)]
             proc = subprocess.run(cmd, capture_output=True, text=True)
             if proc.returncode:
                 raise SystemExit(f"{name} failed:\n{proc.stderr[-3000:]}")
@@ -140,6 +145,7 @@ def main() -> None:
     side = args.latent * 8
     print(f"\nVAE decode, SD-2.1-base architecture (random weights), latent {args.latent}x{args.latent} -> "
           f"{side}x{side}, {args.device} {args.dtype}, tile {args.tile}, offload {args.offload}, "
+          f"recompute above {args.recompute_above} B, "
           f"{args.threads} threads; image range about [{ref.min().item():.2f}, {ref.max().item():.2f}]")
     cuda = "cuda" in args.device
     header = f"{'variant':24} {'time s':>8} {'RSS before MB':>14} {'peak RSS MB':>12} {'peak - before':>14}"
