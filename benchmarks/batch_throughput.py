@@ -120,8 +120,8 @@ def main() -> None:
     for engine, r in rows.items():
         steady = (r["written"] - 1) / (r["last"] - r["first"]) if r["written"] > 1 and r["last"] > r["first"] else 0
         overhead = (r["total"] - rows["local"]["total"]) / n if "local" in rows and engine != "local" else 0.0
-        print(f"| {engine} | {r['written']} | {r['total']:.1f} | {r['first']:.1f} | {n / r['total']:.2f} | "
-              f"{steady:.2f} | {overhead:+.2f} | {r['peak_gib']:.2f} |")
+        print(f"| {engine} | {r['written']} | {r['total']:.1f} | {r['first']:.1f} | {n / r['total']:.3f} | "
+              f"{steady:.3f} | {overhead:+.2f} | {r['peak_gib']:.2f} |")
 
 
 if __name__ == "__main__":
