@@ -27,13 +27,14 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .checkpoint.hub import DEFAULT_WEIGHTS, KNOWN_SHA256, WEIGHTS_MIRRORS, WEIGHTS_OPTION, resolve_base, resolve_file
+from .checkpoint.hub import DEFAULT_WEIGHTS, resolve_base
 from .checkpoint.weights import OSEDiffWeights
 from .color import ALIGN_METHODS, align_colors
 from .components import BaseComponents, encode_text, load_base_components, load_text_encoder
 from .device import pick_decoder_dtype, pick_device, pick_dtype, release_free_heap
 from .diffusion import ONE_STEP_TIMESTEP, predict_x0
 from .lora import VAE_ADAPTER, attach_lora_adapters, merge_lora
+from .presets import resolve_weights
 from .prompts.base import PromptExtractor
 from .quiet import quiet_loading
 from .tiling.latent import tiled_apply
@@ -118,10 +119,7 @@ class OSEDiffPipeline:
         dtype = pick_dtype(dtype, device)
         folder = resolve_base(base, local_files_only=local_files_only)  # once: a hub id costs a request
         if weights is not None and not isinstance(weights, OSEDiffWeights):
-            default = str(weights) == DEFAULT_WEIGHTS
-            weights = resolve_file(weights, mirrors=WEIGHTS_MIRRORS[1:] if default else (), option=WEIGHTS_OPTION,
-                                   sha256=KNOWN_SHA256["osediff.pkl"] if default else None,
-                                   local_files_only=local_files_only)
+            weights = resolve_weights(weights, local_files_only=local_files_only)
         with quiet_loading():
             embeddings = {}
             if prompts is not None:

@@ -11,9 +11,12 @@ A preset's ``weights`` is a spec that :func:`osediff.checkpoint.hub.resolve_file
 
 from __future__ import annotations
 
+import os
+import posixpath
 from dataclasses import dataclass
+from pathlib import Path
 
-from .checkpoint.hub import DEFAULT_WEIGHTS, WEIGHTS_MIRRORS
+from .checkpoint.hub import DEFAULT_WEIGHTS, KNOWN_SHA256, WEIGHTS_MIRRORS, WEIGHTS_OPTION, resolve_file
 from .errors import OSEDiffError
 
 AUTHORS_MODELS = "https://github.com/cswry/OSEDiff/raw/main/preset/models"
@@ -54,3 +57,17 @@ def get_preset(name: str) -> Preset:
     except KeyError:
         known = ", ".join(PRESETS)
         raise UnknownPresetError(f"unknown preset {name!r}; known presets: {known}") from None
+
+
+def resolve_weights(spec: str | os.PathLike | None = None, *, preset: str = DEFAULT_PRESET,
+                    local_files_only: bool = False) -> Path:
+    """A local path for OSEDiff weights: ``spec``, or else the preset's published file.
+
+    A preset's published file is also tried at its mirrors and checked against its pinned sha256
+    where one is known; any other spec is taken as given.
+    """
+    spec = str(spec) if spec is not None else get_preset(preset).weights
+    published = next((p for p in PRESETS.values() if p.weights == spec), None)
+    mirrors = published.weights_mirrors if published else ()
+    sha256 = KNOWN_SHA256.get(posixpath.basename(spec)) if published else None
+    return resolve_file(spec, mirrors=mirrors, sha256=sha256, option=WEIGHTS_OPTION, local_files_only=local_files_only)

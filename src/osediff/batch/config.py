@@ -31,7 +31,8 @@ class ModelOptions:
     """Which model to load and how; ``None``/``"auto"`` pick the defaults of the pipeline."""
 
     base: str | None = None
-    weights: str | None = None  # None: the published osediff.pkl
+    weights: str | None = None  # None: the preset's published weights
+    preset: str = "osediff"
     device: str = "auto"
     dtype: str = "auto"
     offline: bool = False
@@ -211,7 +212,9 @@ def _check_tiles(tiles: TileConfig) -> None:
 
 def _check_model(model: ModelOptions) -> None:
     from ..device import pick_decoder_dtype, pick_device, pick_dtype
+    from ..presets import get_preset
 
+    get_preset(model.preset)
     try:
         device = pick_device(model.device)
         dtype = pick_dtype(model.dtype, device)

@@ -33,14 +33,12 @@ class ResolvedModels:
 
 def resolve_models(config: BatchConfig) -> ResolvedModels:
     """Find (and download unless offline) the base model, the weights and the extractor's files."""
-    from ..checkpoint import DEFAULT_WEIGHTS, ModelNotFoundError, resolve_base, resolve_file
-    from ..checkpoint.hub import WEIGHTS_MIRRORS
+    from ..checkpoint import ModelNotFoundError, resolve_base
+    from ..presets import resolve_weights
 
     model = config.model
     base = resolve_base(model.base, local_files_only=model.offline)
-    weights = model.weights or DEFAULT_WEIGHTS
-    mirrors = WEIGHTS_MIRRORS[1:] if weights == DEFAULT_WEIGHTS else ()
-    weights_path = resolve_file(weights, mirrors=mirrors, local_files_only=model.offline)
+    weights_path = resolve_weights(model.weights, preset=model.preset, local_files_only=model.offline)
     name = config.prompt_extractor if config.needs_extractor else "text"
     kwargs: dict = {}
     if config.needs_extractor:

@@ -52,10 +52,10 @@ def run(args: argparse.Namespace) -> int:
     from ..app.examples import default_examples_dir
     from ..app.limits import UploadLimits
     from ..app.service import UpscaleService, resolve_extractors
-    from ..checkpoint import DEFAULT_WEIGHTS
     from ..device import pick_device, pick_dtype
     from ..errors import OSEDiffError
     from ..pipeline import OSEDiffPipeline
+    from ..presets import resolve_weights
 
     examples = None if args.no_examples else (args.examples or default_examples_dir())
     if examples is not None and not Path(examples).is_dir():
@@ -72,7 +72,8 @@ def run(args: argparse.Namespace) -> int:
     for name, reason in unavailable.items():
         print(f"note: prompt extractor {name!r} is not offered ({reason})", flush=True)
     print("loading the model ...", flush=True)
-    pipe = OSEDiffPipeline.from_pretrained(args.base, args.weights or DEFAULT_WEIGHTS, device=device, dtype=dtype,
+    weights = resolve_weights(args.weights, preset=args.preset, local_files_only=args.offline)
+    pipe = OSEDiffPipeline.from_pretrained(args.base, weights, device=device, dtype=dtype,
                                            local_files_only=args.offline)
     service = UpscaleService(pipe, limits, extractor_kwargs={"device": device, "dtype": dtype},
                              extractors=extractors, unavailable=unavailable)

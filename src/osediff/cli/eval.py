@@ -126,7 +126,7 @@ def _upscale(args: argparse.Namespace) -> Path | int:
     parser = argparse.ArgumentParser(prog="osediff eval --upscale-args")
     upscale.add_parser(parser.add_subparsers())
     try:
-        upscale_args = parser.parse_args(["upscale", str(args.lr), "-o", str(sr_out),
+        upscale_args = parser.parse_args(["upscale", str(args.lr), "-o", str(sr_out), "--preset", args.preset,
                                           *shlex.split(args.upscale_args)])
     except SystemExit as exit_:
         return int(exit_.code or 2)

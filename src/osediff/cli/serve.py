@@ -90,16 +90,15 @@ def _check_options(args: argparse.Namespace) -> str | None:
 
 def build_config(args: argparse.Namespace):
     """Resolve the model files once, here (one-line errors), so replicas only read local paths."""
-    from ..checkpoint import DEFAULT_WEIGHTS, resolve_base, resolve_file
-    from ..checkpoint.hub import WEIGHTS_MIRRORS
+    from ..checkpoint import resolve_base
+    from ..presets import get_preset, resolve_weights
     from ..prompts import extractor_needs_model, resolve_extractor_files
     from ..serve.engine import ALWAYS_LOADED, ServeConfig, file_sha256
     from ..serve.limits import ServeLimits
 
     base = resolve_base(args.base, local_files_only=args.offline)
-    spec = args.weights or DEFAULT_WEIGHTS
-    mirrors = WEIGHTS_MIRRORS[1:] if spec == DEFAULT_WEIGHTS else ()
-    weights = resolve_file(spec, mirrors=mirrors, local_files_only=args.offline)
+    spec = args.weights or get_preset(args.preset).weights
+    weights = resolve_weights(spec, local_files_only=args.offline)
     chosen = args.prompt_extractor or ["text"]
     extractors = tuple(dict.fromkeys([*chosen, *ALWAYS_LOADED]))
     files = {name: resolve_extractor_files(name, ram=args.ram, dape=args.dape, ram_tags=args.ram_tags,

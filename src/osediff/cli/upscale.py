@@ -88,7 +88,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("inputs", nargs="+", metavar="INPUT",
                    help="image files, folders or glob patterns (with --engine ray also s3://, gs://, file:// URIs)")
     p.add_argument("-o", "--output", required=True, help="output folder (with --engine ray also a URI)")
-    p.add_argument("-s", "--upscale", type=float, default=4.0, help="upscale factor, any value >= 1")
+    p.add_argument("-s", "--upscale", type=float, default=None,
+                   help="upscale factor, any value >= 1 (default: the preset's, 4 for osediff)")
     p.add_argument("--prompt", default="", help="text prompt (added after extracted tags)")
     p.add_argument("--prompt-extractor", default="dape", choices=available_prompt_extractors(),
                    help="dape: the paper's degradation-aware RAM tags; ram; caption; text: --prompt only; "
@@ -103,8 +104,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--prompts-from", type=Path, default=None,
                    help="folder of <stem>.txt prompts saved by an earlier run (skips extraction)")
     p.add_argument("--save-prompts", action="store_true", help="write the prompt used as <stem>.txt")
-    p.add_argument("--align", choices=_Lazy(_align_methods), default="adain", metavar="METHOD",
-                   help="colour alignment: %(choices)s")
+    p.add_argument("--align", choices=_Lazy(_align_methods), default=None, metavar="METHOD",
+                   help="colour alignment: %(choices)s (default: the preset's, adain for osediff)")
     p.add_argument("--latent", choices=("mode", "sample"), default="mode",
                    help="latent mean (deterministic) or a sample as the authors' code does")
     p.add_argument("--seed", type=int, default=None, help="seed for --latent sample")
@@ -154,16 +155,20 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def config_from_args(args: argparse.Namespace) -> BatchConfig:
     """The batch job the flags describe; this process's share under accelerate/torchrun."""
     from ..pipeline import TileConfig
+    from ..presets import get_preset
 
     tile_values = {field: getattr(args, flag) for flag, field in TILE_FLAGS.items()}
     tiles = TileConfig(enabled=not args.no_tiling, **{field: value.value() if isinstance(value, _TileDefault)
                                                       else value for field, value in tile_values.items()})
-    model = ModelOptions(base=args.base, weights=args.weights, device=args.device, dtype=args.dtype,
+    preset = get_preset(args.preset)
+    model = ModelOptions(base=args.base, weights=args.weights, preset=preset.name, device=args.device, dtype=args.dtype,
                          offline=args.offline, merge_lora=not args.no_merge, decoder_dtype=args.decoder_dtype,
                          preview_decoder=args.preview_decoder, compile_unet=args.compile)
     shared = {f.name for f in dataclasses.fields(BatchConfig)} - {"inputs", "output", "tiles", "model", "rank",
-                                                                   "world"}
+                                                                   "world", "upscale", "align"}
     return BatchConfig(inputs=list(args.inputs), output=args.output if "://" in args.output else Path(args.output),
+                       upscale=preset.upscale if args.upscale is None else args.upscale,
+                       align=args.align or preset.align,
                        tiles=tiles, model=model, rank=int(os.environ.get("RANK", 0)),
                        world=int(os.environ.get("WORLD_SIZE", 1)),
                        **{name: getattr(args, name) for name in shared})
