@@ -100,7 +100,7 @@ def test_engine_ray_without_ray_installed_says_how_to_install_it(tmp_path, capsy
     Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
     assert main(["upscale", str(tmp_path / "a.png"), "-o", str(tmp_path / "out"), "--engine", "ray"]) == 2
     err = capsys.readouterr().err
-    assert err == ("error: --engine ray needs Ray Data, which is not installed: pip install 'osediff[ray]'  "
+    assert err == ("error: --engine ray needs Ray Data, which is not installed: pip install 'osediff[ray]' "
                    "(or: pip install 'ray[data]>=2.9')\n")
 
 

@@ -189,7 +189,7 @@ def test_help_shows_the_defaults_of_the_tile_config(capsys):
     defaults = TileConfig()
     assert f"UNet tile in latent pixels (x8 in pixels) (default: {defaults.latent_tile})" in text
     assert f"UNet tiles per forward pass (default: {defaults.batch_size})" in text
-    assert "colour alignment: adain, wavelet, none (default: adain)" in text
+    assert "colour alignment: adain, wavelet, none (default: the preset's, adain for osediff)" in text
     assert "(default: dape)" in text and "(default: None)" not in text
 
 

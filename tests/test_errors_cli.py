@@ -75,3 +75,28 @@ def test_help_shows_defaults_and_no_markup():
         for action in sub._actions:
             if action.option_strings and action.default not in (None, False, "", argparse.SUPPRESS):
                 assert "default" in formatter._get_help_string(action).lower(), (name, action.dest)
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["eval", "--sr", "a", "b", "--names", "x", "--metrics", "psnr"], "--names gives 1 names for 2 --sr folders"),
+    (["eval", "--sr", "a", "--metrics", "nosuchmetric"], "unknown metric 'nosuchmetric'"),
+    (["eval", "--sr", "a", "--metrics", "psnr", "--device", "cuda:7"], "CUDA is not available"),
+    (["eval", "--sr", "a", "--metrics", "psnr", "--device", "toaster"], "unknown device 'toaster'"),
+])
+def test_sub_commands_leave_user_errors_to_the_one_handler(argv, expected, capsys, monkeypatch):
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and expected in err and err.count("\n") == 1, err
+
+
+def test_pipeline_argument_errors_are_user_errors():
+    from osediff.device import DeviceError, DtypeError
+    from osediff.pipeline import PipelineInputError, PromptNotEncodedError
+    from osediff.serve.app import ScalingError, parse_autoscale
+
+    for cls, old_base in [(PipelineInputError, ValueError), (PromptNotEncodedError, RuntimeError),
+                          (DeviceError, RuntimeError), (DtypeError, ValueError), (ScalingError, ValueError)]:
+        assert issubclass(cls, OSEDiffError) and issubclass(cls, old_base)
+    with pytest.raises(ScalingError, match="--autoscale"):
+        parse_autoscale("3:1")

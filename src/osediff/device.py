@@ -8,18 +8,31 @@ import functools
 
 import torch
 
+from .errors import OSEDiffError
+
 _DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16,
            "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
+
+
+class DeviceError(OSEDiffError, RuntimeError):
+    """A device this machine does not have, or a name that is no device."""
+
+
+class DtypeError(OSEDiffError, ValueError):
+    """A dtype name osediff does not run in."""
 
 
 def pick_device(name: str | None = None) -> torch.device:
     """``name`` if given, else CUDA, then Apple MPS, then CPU."""
     if name and name != "auto":
-        device = torch.device(name)
+        try:
+            device = torch.device(name)
+        except RuntimeError:
+            raise DeviceError(f"unknown device {name!r}; choose auto, cpu, cuda, cuda:N or mps") from None
         if device.type == "cuda" and not torch.cuda.is_available():
-            raise RuntimeError(f"device {name!r} requested but CUDA is not available")
+            raise DeviceError(f"device {name!r} requested but CUDA is not available")
         if device.type == "mps" and not torch.backends.mps.is_available():
-            raise RuntimeError(f"device {name!r} requested but Apple MPS is not available")
+            raise DeviceError(f"device {name!r} requested but Apple MPS is not available")
         return device
     if torch.cuda.is_available():
         return torch.device("cuda")
@@ -48,7 +61,7 @@ def pick_dtype(name: str | torch.dtype | None, device: torch.device) -> torch.dt
         return name
     if name and name != "auto":
         if name not in _DTYPES:
-            raise ValueError(f"unknown dtype {name!r}; choose fp32, fp16 or bf16")
+            raise DtypeError(f"unknown dtype {name!r}; choose fp32, fp16 or bf16")
         return _DTYPES[name]
     if device.type in ("cuda", "mps"):
         return torch.float16

@@ -33,6 +33,7 @@ from .color import ALIGN_METHODS, align_colors
 from .components import BaseComponents, encode_text, load_base_components, load_text_encoder
 from .device import pick_decoder_dtype, pick_device, pick_dtype, release_free_heap
 from .diffusion import ONE_STEP_TIMESTEP, predict_x0
+from .errors import OSEDiffError
 from .lora import VAE_ADAPTER, attach_lora_adapters, merge_lora
 from .presets import resolve_weights
 from .prompts.base import PromptExtractor
@@ -41,6 +42,14 @@ from .tiling.latent import tiled_apply
 from .tiling.memory import decoded_pixels, vae_map_store
 
 LatentMode = Literal["mode", "sample"]
+
+
+class PipelineInputError(OSEDiffError, ValueError):
+    """An argument of the pipeline's methods that cannot work (a factor, alignment, list length, ...)."""
+
+
+class PromptNotEncodedError(OSEDiffError, RuntimeError):
+    """A prompt that cannot be encoded any more: the text encoder was freed after loading."""
 
 
 @dataclass
@@ -186,12 +195,14 @@ class OSEDiffPipeline:
         part (post_quant_conv, conv_in, mid-block) keeps the decoder's dtype.
         """
         if compile_mode not in self.COMPILE_MODES:
-            raise ValueError(f"unknown compile mode {compile_mode!r}; choose one of {', '.join(self.COMPILE_MODES)}")
+            raise PipelineInputError(f"unknown compile mode {compile_mode!r}; "
+                                     f"choose one of {', '.join(self.COMPILE_MODES)}")
         if compile_backend != "inductor" and compile_mode != "default":
-            raise ValueError(f"compile mode {compile_mode!r} needs the inductor backend, not {compile_backend!r}")
+            raise PipelineInputError(f"compile mode {compile_mode!r} needs the inductor backend, "
+                                     f"not {compile_backend!r}")
         if decoder_dtype is not None and not (isinstance(decoder_dtype, torch.dtype)
                                               and decoder_dtype.is_floating_point):
-            raise ValueError(f"decoder_dtype must be a floating torch.dtype, got {decoder_dtype!r}")
+            raise PipelineInputError(f"decoder_dtype must be a floating torch.dtype, got {decoder_dtype!r}")
         if channels_last:
             self.vae.to(memory_format=torch.channels_last)
             if self.device.type == "cuda":
@@ -252,7 +263,7 @@ class OSEDiffPipeline:
                 self._prompt_cache.move_to_end(prompt)
                 return self._prompt_cache[prompt]
             if self.text_encoder is None:
-                raise RuntimeError(f"prompt {prompt!r} was not among the prompts encoded at load time")
+                raise PromptNotEncodedError(f"prompt {prompt!r} was not among the prompts encoded at load time")
             embedding = encode_text(self.tokenizer, self.text_encoder, prompt).to(self.device, self.dtype)
             self._prompt_cache[prompt] = embedding
             if len(self._prompt_cache) > self._prompt_cache_size:
@@ -314,11 +325,11 @@ class OSEDiffPipeline:
     # -- the whole thing ---------------------------------------------------------------------
     def check_inputs(self, upscale: float, align: str, latent: str) -> None:
         if not upscale >= 1:
-            raise ValueError(f"upscale factor must be >= 1, got {upscale}")
+            raise PipelineInputError(f"upscale factor must be >= 1, got {upscale}")
         if align not in ALIGN_METHODS:
-            raise ValueError(f"unknown colour alignment {align!r}; choose one of {', '.join(ALIGN_METHODS)}")
+            raise PipelineInputError(f"unknown colour alignment {align!r}; choose one of {', '.join(ALIGN_METHODS)}")
         if latent not in ("mode", "sample"):
-            raise ValueError(f"latent must be 'mode' or 'sample', got {latent!r}")
+            raise PipelineInputError(f"latent must be 'mode' or 'sample', got {latent!r}")
 
     @torch.no_grad()
     def run(self, image: Image.Image, upscale: float = 4.0, prompt: str | None = None, *,
@@ -346,9 +357,10 @@ class OSEDiffPipeline:
         prompts = list(prompts) if prompts is not None else [None] * len(images)
         alphas = list(alphas) if alphas is not None else [None] * len(images)
         if not (len(images) == len(prompts) == len(alphas)):
-            raise ValueError(f"{len(images)} images, {len(prompts)} prompts and {len(alphas)} alphas differ in number")
+            raise PipelineInputError(f"{len(images)} images, {len(prompts)} prompts and {len(alphas)} alphas "
+                                     "differ in number")
         if len({image.size for image in images}) > 1:
-            raise ValueError(f"run_batch needs images of one size, got {sorted({i.size for i in images})}")
+            raise PipelineInputError(f"run_batch needs images of one size, got {sorted({i.size for i in images})}")
         if not images:
             return []
         tiles = tiles or TileConfig()

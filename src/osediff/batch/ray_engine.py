@@ -52,7 +52,7 @@ def import_ray():
         import ray.data  # the data extra, not only the core
     except ImportError:
         raise RayEngineError("--engine ray needs Ray Data, which is not installed: "
-                             "pip install 'osediff[ray]'  (or: pip install 'ray[data]>=2.9')") from None
+                             "pip install 'osediff[ray]' (or: pip install 'ray[data]>=2.9')") from None
     return ray
 
 

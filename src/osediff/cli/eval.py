@@ -52,15 +52,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..device import pick_device
-    from ..evaluation import EvalInputError, EvalOptions, evaluate, resolve_metrics
+    from ..evaluation import EvalOptions, evaluate, resolve_metrics
     from ..evaluation.reports import terminal_table, write_reports
 
-    try:
-        methods = _methods(args)
-        specs = resolve_metrics(args.metrics)
-        device = pick_device(args.device)
-    except (ValueError, RuntimeError) as err:
-        return _fail(err)
+    methods = _methods(args)
+    specs = resolve_metrics(args.metrics)
+    device = pick_device(args.device)
     if args.gt is None:
         explicit = args.metrics.strip().lower() not in ("paper", "all", "")
         needing = [s.label for s in specs if s.needs_reference]
@@ -80,10 +77,7 @@ def run(args: argparse.Namespace) -> int:
 
     options = EvalOptions(device=device, offline=args.offline, niqe_params=args.niqe_params,
                           ignore_unmatched=args.ignore_unmatched, progress=not args.no_progress)
-    try:
-        result = evaluate(methods, args.gt, specs, options)
-    except EvalInputError as err:
-        return _fail(err)
+    result = evaluate(methods, args.gt, specs, options)
     if not result.metrics:
         return _fail("no metric could be computed (reasons above)", code=1)
     print(terminal_table(result))
@@ -100,23 +94,22 @@ def _fail(message: object, code: int = 2) -> int:
 
 def _methods(args: argparse.Namespace) -> dict[str, Path]:
     """Method name -> folder; names default to folder names, made unique with the parent's name."""
+    from ..evaluation import EvalInputError
+
     names = [n.strip() for n in args.names.split(",")] if args.names else []
     if names and len(names) != len(args.sr):
-        raise ValueError(f"--names gives {len(names)} names for {len(args.sr)} --sr folders")
+        raise EvalInputError(f"--names gives {len(names)} names for {len(args.sr)} --sr folders")
     if not names:
         plain = [p.resolve().name for p in args.sr]
         names = [f"{p.resolve().parent.name}/{n}" if plain.count(n) > 1 else n
                  for p, n in zip(args.sr, plain, strict=True)]
     if len(set(names)) != len(names) or (args.lr is not None and args.method_name in names):
-        raise ValueError(f"method names must be unique, got {', '.join(names)}; set them with --names")
+        raise EvalInputError(f"method names must be unique, got {', '.join(names)}; set them with --names")
     return dict(zip(names, args.sr, strict=True))
 
 
 def _upscale(args: argparse.Namespace) -> Path | int:
     """Upscale --lr with the batch runner in-process; the folder of results, or an exit status."""
-    from ..batch.models import cli_message
-    from ..checkpoint import ModelNotFoundError
-    from ..errors import OSEDiffError
     from . import upscale
 
     sr_out = args.sr_out or (args.out / "sr" if args.out else None)
@@ -130,20 +123,14 @@ def _upscale(args: argparse.Namespace) -> Path | int:
                                           *shlex.split(args.upscale_args)])
     except SystemExit as exit_:
         return int(exit_.code or 2)
-    try:
-        config = upscale.config_from_args(upscale_args)
-    except OSEDiffError as err:
-        return _fail(err)
+    config = upscale.config_from_args(upscale_args)
     model = config.model
     model.base, model.weights = args.base or model.base, args.weights or model.weights
     model.device, model.dtype = args.device, args.dtype if args.dtype != "auto" else model.dtype
     model.offline = model.offline or args.offline
     config.skip_existing = config.skip_existing or args.reuse_sr
     print(f"upscaling {args.lr} into {sr_out}", file=sys.stderr)
-    try:
-        status = upscale.run_local(config)
-    except (OSEDiffError, ModelNotFoundError) as err:
-        return _fail(cli_message(err))
+    status = upscale.run_local(config)
     if status != 0:
         return _fail(f"upscaling {args.lr} failed (exit status {status}); see the messages above", code=status)
     return sr_out

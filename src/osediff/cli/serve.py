@@ -142,18 +142,13 @@ def run(args: argparse.Namespace) -> int:
         from ray import serve
     except ImportError:
         return _fail("osediff serve needs Ray Serve: pip install 'osediff[serve]'")
-    from ..errors import OSEDiffError
+    from ..device import pick_device
     from ..serve.app import Scaling, build_app, parse_autoscale
 
-    try:
-        autoscale = parse_autoscale(args.autoscale) if args.autoscale else None
-        config = build_config(args)
-        from ..device import pick_device
-
-        gpus = 1.0 if pick_device(args.device).type == "cuda" else 0.0
-    except (OSEDiffError, ValueError, RuntimeError, OSError) as err:
-        message = err.cli_message() if hasattr(err, "cli_message") else str(err)
-        return _fail(message.splitlines()[0])
+    # user errors (OSEDiffError) go up to the CLI's one handler; anything else is a bug with a traceback
+    autoscale = parse_autoscale(args.autoscale) if args.autoscale else None
+    config = build_config(args)
+    gpus = 1.0 if pick_device(args.device).type == "cuda" else 0.0
     scaling = Scaling(replicas=args.replicas, autoscale=autoscale, max_ongoing_requests=args.max_ongoing_requests,
                       max_queued_requests=args.max_queued_requests, replica_cpus=args.replica_cpus,
                       replica_gpus=gpus)

@@ -175,23 +175,15 @@ def config_from_args(args: argparse.Namespace) -> BatchConfig:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..batch.models import cli_message
-    from ..checkpoint import ModelNotFoundError
-    from ..errors import OSEDiffError
+    if args.engine == "ray":
+        from ..batch.ray_engine import RayOptions, import_ray, run_on_ray
 
-    try:
-        if args.engine == "ray":
-            from ..batch.ray_engine import RayOptions, import_ray, run_on_ray
-
-            import_ray()  # the install hint before anything slow
-        config = config_from_args(args)
-        if args.engine == "ray":
-            return run_on_ray(config, RayOptions(address=args.ray_address, manifest=args.manifest,
-                                                 cpus_per_replica=args.ray_cpus_per_replica))
-        return run_local(config)
-    except (OSEDiffError, ModelNotFoundError) as err:
-        print(f"error: {cli_message(err)}", file=sys.stderr)
-        return 2
+        import_ray()  # the install hint before anything slow
+    config = config_from_args(args)
+    if args.engine == "ray":
+        return run_on_ray(config, RayOptions(address=args.ray_address, manifest=args.manifest,
+                                             cpus_per_replica=args.ray_cpus_per_replica))
+    return run_local(config)
 
 
 def run_local(config: BatchConfig) -> int:

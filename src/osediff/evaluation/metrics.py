@@ -65,7 +65,7 @@ def spec_for(name: str) -> MetricSpec:
 
     config = DEFAULT_CONFIGS.get(name)
     if config is None:
-        raise ValueError(f"unknown metric {name!r}; choose from {', '.join(PAPER_METRICS)} "
+        raise UnknownMetricError(f"unknown metric {name!r}; choose from {', '.join(PAPER_METRICS)} "
                          "or any pyiqa metric name (python -c 'import pyiqa; print(pyiqa.list_models())')")
     return MetricSpec(name, name.upper(), name, bool(config.get("lower_better", False)),
                       config.get("metric_mode") == "FR", per_folder="fid" in name)
@@ -73,6 +73,10 @@ def spec_for(name: str) -> MetricSpec:
 
 class MetricUnavailable(OSEDiffError, RuntimeError):
     """A metric that cannot be built here; the message is the one-line reason shown to the user."""
+
+
+class UnknownMetricError(OSEDiffError, ValueError):
+    """A metric name that is neither the paper's nor pyiqa's."""
 
 
 @dataclass

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..errors import OSEDiffError
 from .engine import ServeConfig
 
 RETRY_AFTER_S = 1.0
@@ -26,14 +27,18 @@ class Scaling:
     graceful_shutdown_s: float = 5.0
 
 
+class ScalingError(OSEDiffError, ValueError):
+    """A replica or autoscaling option that cannot work."""
+
+
 def parse_autoscale(text: str) -> tuple[int, int]:
     """``MIN:MAX`` with 0 <= MIN <= MAX and MAX >= 1."""
     try:
         low, high = (int(part) for part in text.split(":"))
     except ValueError:
-        raise ValueError(f"--autoscale takes MIN:MAX (e.g. 1:4), got {text!r}") from None
+        raise ScalingError(f"--autoscale takes MIN:MAX (e.g. 1:4), got {text!r}") from None
     if not 0 <= low <= high or high < 1:
-        raise ValueError(f"--autoscale MIN:MAX needs 0 <= MIN <= MAX and MAX >= 1, got {text!r}")
+        raise ScalingError(f"--autoscale MIN:MAX needs 0 <= MIN <= MAX and MAX >= 1, got {text!r}")
     return low, high
 
 
