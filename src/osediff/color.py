@@ -6,13 +6,13 @@ colour statistics, ``target`` the content.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
 
 AlignMethod = Literal["adain", "wavelet", "none"]
-ALIGN_METHODS: tuple[str, ...] = ("adain", "wavelet", "none")
+ALIGN_METHODS: tuple[str, ...] = get_args(AlignMethod)
 
 
 def _mean_std(x: torch.Tensor, eps: float = 1e-5) -> tuple[torch.Tensor, torch.Tensor]:

@@ -20,6 +20,7 @@ from typing import Any
 from PIL import Image
 
 from ..checkpoint import ModelNotFoundError
+from ..color import ALIGN_METHODS
 from ..images import LoadedImage, save_image_atomic
 from ..pipeline import OSEDiffPipeline, TileConfig
 from ..prompts import (
@@ -173,7 +174,7 @@ class UpscaleService:
         started = time.perf_counter()
         rgb = loaded.rgb
         out_w, out_h = check_request(rgb.width, rgb.height, float(settings.upscale), self.limits)
-        if settings.align not in ("adain", "wavelet", "none"):
+        if settings.align not in ALIGN_METHODS:
             raise DemoInputError(f"unknown colour alignment {settings.align!r}")
         # the same bicubic pre-upscale the pipeline starts from: the fair "before" picture
         bicubic = rgb.resize((out_w, out_h), Image.BICUBIC)
