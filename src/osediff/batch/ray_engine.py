@@ -118,12 +118,8 @@ def run_ray(config: BatchConfig, options: RayOptions, on_record: RecordHook | No
     if not inputs:
         raise BatchConfigError("no input images found")
     out = Folder(config.output)
-    summary = BatchSummary(str(config.output))
-
-    def record(rec: ImageRecord) -> None:
-        summary.records.append(rec)
-        if on_record is not None:
-            on_record(rec)
+    summary = BatchSummary(str(config.output), on_record=on_record)
+    record = summary.add
 
     clashes = output_clashes(inputs, config.format)
     todo = []

@@ -39,11 +39,20 @@ class ImageRecord:
         return asdict(self)
 
 
+RecordHook = Callable[[ImageRecord], None]
+
+
 @dataclass
 class BatchSummary:
     output: str
     records: list[ImageRecord] = field(default_factory=list)
     seconds: float = 0.0  # wall time of the whole run, model loading included
+    on_record: RecordHook | None = field(default=None, repr=False, compare=False)  # progress, messages
+
+    def add(self, record: ImageRecord) -> None:
+        self.records.append(record)
+        if self.on_record is not None:
+            self.on_record(record)
 
     def count(self, status: str) -> int:
         return sum(record.status == status for record in self.records)
@@ -65,9 +74,6 @@ class BatchSummary:
         return sum(record.seconds for record in self.records if record.status == WRITTEN)
 
 
-RecordHook = Callable[[ImageRecord], None]
-
-
 def run(config: BatchConfig, *, pipe=None, on_start: Callable[[int], None] | None = None,
         on_record: RecordHook | None = None) -> BatchSummary:
     """Upscale every input of ``config``; ``pipe`` (already loaded) skips resolving and loading.
@@ -86,12 +92,8 @@ def run(config: BatchConfig, *, pipe=None, on_start: Callable[[int], None] | Non
     if not files:
         raise BatchConfigError("no input images found")
     out = Folder(config.output)
-    summary = BatchSummary(str(config.output))
-
-    def record(rec: ImageRecord) -> None:
-        summary.records.append(rec)
-        if on_record is not None:
-            on_record(rec)
+    summary = BatchSummary(str(config.output), on_record=on_record)
+    record = summary.add
 
     done = [src for src in files if config.skip_existing and out.exists(output_name(src, config.format))]
     skip = set(done)
