@@ -83,9 +83,10 @@ def load_pipeline(config: BatchConfig, resolved: ResolvedModels):
     pipe = OSEDiffPipeline.from_pretrained(
         resolved.base, resolved.weights, device=device, dtype=dtype, merge_lora=model.merge_lora,
         local_files_only=model.offline, prompts=[resolved.user_prompt] if fixed else None,
+        decoder_dtype=pick_decoder_dtype(model.decoder_dtype, device, dtype),
     )
-    pipe.optimize(channels_last=True, compile_unet=model.compile_unet,
-                  decoder_dtype=pick_decoder_dtype(model.decoder_dtype, device, dtype))
+    if model.compile_unet:
+        pipe.optimize(channels_last=False, compile_unet=True)
     if model.preview_decoder:
         from diffusers import AutoencoderTiny
 

@@ -89,9 +89,9 @@ class Engine:
         device = pick_device(config.device)
         dtype = pick_dtype(config.dtype, device)
         # the same construction as ``osediff upscale``, but keeping the text encoder: any prompt may come
-        self.pipe = OSEDiffPipeline.from_pretrained(config.base, config.weights, device=device, dtype=dtype,
-                                                    local_files_only=True)
-        self.pipe.optimize(channels_last=True, decoder_dtype=pick_decoder_dtype(config.decoder_dtype, device, dtype))
+        self.pipe = OSEDiffPipeline.from_pretrained(
+            config.base, config.weights, device=device, dtype=dtype, local_files_only=True,
+            decoder_dtype=pick_decoder_dtype(config.decoder_dtype, device, dtype))
         self.tiles = TileConfig()
         dtype_name = {torch.float16: "fp16", torch.bfloat16: "bf16"}.get(dtype, "fp32")
         common = {"device": str(device), "dtype": dtype_name, "local_files_only": True}
