@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from osediff.app import DemoInputError, ExampleLibrary, UploadLimits, UpscaleService
+from osediff.app import DEMO_LIMITS, DemoInputError, ExampleLibrary, RequestLimits, UpscaleService
 from osediff.app.limits import check_request, check_upload, resolve_upload
 from osediff.app.service import DemoSettings, safe_stem, tile_config
 from osediff.images import LoadedImage
@@ -32,7 +32,7 @@ def save(path: Path, size: tuple[int, int]) -> Path:
 def test_pixel_limit_message_names_size_and_limit(upload_root):
     path = save(upload_root / "abc123" / "big.png", (1100, 1000))
     with pytest.raises(DemoInputError) as err:
-        check_upload(path, [upload_root], UploadLimits(max_pixels=1024 * 1024))
+        check_upload(path, [upload_root], RequestLimits(max_pixels=1024 * 1024))
     message = str(err.value)
     assert "1100x1000" in message and "1,048,576 pixels" in message and "downscale" in message
     assert str(upload_root) not in message  # no server paths in what the user sees
@@ -41,12 +41,12 @@ def test_pixel_limit_message_names_size_and_limit(upload_root):
 def test_byte_limit_message(upload_root):
     path = save(upload_root / "abc123" / "photo.png", (64, 64))
     with pytest.raises(DemoInputError, match=r"accepts files up to 0\.0 MB"):
-        check_upload(path, [upload_root], UploadLimits(max_bytes=10))
+        check_upload(path, [upload_root], RequestLimits(max_bytes=10))
 
 
 def test_within_limits_loads(upload_root):
     path = save(upload_root / "abc123" / "ok.png", (64, 48))
-    loaded = check_upload(path, [upload_root], UploadLimits())
+    loaded = check_upload(path, [upload_root], DEMO_LIMITS)
     assert loaded.rgb.size == (64, 48)
 
 
@@ -54,7 +54,7 @@ def test_not_an_image_is_refused_without_server_path(upload_root):
     path = upload_root / "abc123" / "fake.png"
     path.write_text("hello")
     with pytest.raises(DemoInputError, match="cannot use this image: not an image file") as err:
-        check_upload(path, [upload_root], UploadLimits())
+        check_upload(path, [upload_root], DEMO_LIMITS)
     assert str(upload_root) not in str(err.value)
 
 
@@ -75,15 +75,15 @@ def test_symlink_in_upload_folder_pointing_out_is_refused(upload_root, tmp_path)
     link = upload_root / "abc123" / "innocent.png"
     link.symlink_to(target)
     with pytest.raises(DemoInputError, match="file-system paths are refused"):
-        check_upload(link, [upload_root], UploadLimits())
+        check_upload(link, [upload_root], DEMO_LIMITS)
 
 
 def test_request_limits():
-    assert check_request(100, 50, 4.0, UploadLimits()) == (400, 200)
+    assert check_request(100, 50, 4.0, DEMO_LIMITS) == (400, 200)
     with pytest.raises(DemoInputError, match="between 1 and 8"):
-        check_request(100, 50, 9.0, UploadLimits())
+        check_request(100, 50, 9.0, DEMO_LIMITS)
     with pytest.raises(DemoInputError, match=r"would be 4000x4000 = 16,000,000 pixels.*at most 1,000,000"):
-        check_request(1000, 1000, 4.0, UploadLimits(max_output_pixels=1_000_000))
+        check_request(1000, 1000, 4.0, RequestLimits(max_output_pixels=1_000_000))
 
 
 def test_examples_are_looked_up_by_name_only(tmp_path):
@@ -110,7 +110,7 @@ def test_tile_config_and_stem():
 def service(fresh_components, tiny_weights, tmp_path):
     pipe = OSEDiffPipeline(fresh_components)
     pipe.load_weights(copy.deepcopy(tiny_weights))
-    return UpscaleService(pipe, UploadLimits(), output_dir=tmp_path / "out", keep_outputs=2)
+    return UpscaleService(pipe, DEMO_LIMITS, output_dir=tmp_path / "out", keep_outputs=2)
 
 
 def test_service_upscales_writes_png_and_reports(service):

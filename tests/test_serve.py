@@ -9,6 +9,7 @@ import hashlib
 import http.client
 import io
 import json
+import os
 import socket
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -58,16 +59,19 @@ def multipart(fields: dict[str, str], image: bytes | None) -> tuple[bytes, dict]
 
 @pytest.fixture(scope="module")
 def server(tiny_base_dir, tiny_pkl):
+    from osediff.cli.serve import LOCAL_PROXY_TIMEOUTS
+    from osediff.limits import RequestLimits
     from osediff.serve.app import Scaling, build_app
     from osediff.serve.engine import ServeConfig, file_sha256
-    from osediff.serve.limits import ServeLimits
 
     port = free_port()
+    for name, seconds in LOCAL_PROXY_TIMEOUTS.items():  # as `osediff serve` starts its local node
+        os.environ.setdefault(name, seconds)
     ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port}, logging_config={"log_level": "ERROR"})
         config = ServeConfig(base=str(tiny_base_dir), weights=str(tiny_pkl), device="cpu", threads=1,
-                             limits=ServeLimits(max_bytes=MAX_BYTES, max_pixels=256 * 256,
+                             limits=RequestLimits(max_bytes=MAX_BYTES, max_pixels=256 * 256,
                                                 max_output_pixels=512 * 512, max_upscale=8),
                              max_batch_size=4, batch_wait_s=0.05, weights_sha256=file_sha256(tiny_pkl),
                              base_label="tiny", weights_label="osediff.pkl")

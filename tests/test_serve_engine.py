@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import pytest
 
+from osediff.limits import SERVE_LIMITS
 from osediff.serve.engine import Engine, Job, JobResult, ServeConfig, encode_image
-from osediff.serve.limits import ServeLimits, open_checked, parse_params
+from osediff.serve.limits import open_checked, parse_params
 from test_serve_limits import png_bytes
 
-LIMITS = ServeLimits()
+LIMITS = SERVE_LIMITS
 
 
 @pytest.fixture(scope="module")

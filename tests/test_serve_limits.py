@@ -14,9 +14,9 @@ from PIL import Image
 from osediff.color import ALIGN_METHODS
 from osediff.errors import OSEDiffError
 from osediff.images import ImageLoadError
+from osediff.limits import DEMO_LIMITS, SERVE_LIMITS, LimitsError, RequestLimits
 from osediff.serve.limits import (
     RequestError,
-    ServeLimits,
     TooLarge,
     Unprocessable,
     check_content_length,
@@ -26,7 +26,7 @@ from osediff.serve.limits import (
     read_limited,
 )
 
-LIMITS = ServeLimits(max_bytes=1000, max_pixels=64 * 64, max_output_pixels=128 * 128, max_upscale=4)
+LIMITS = RequestLimits(max_bytes=1000, max_pixels=64 * 64, max_output_pixels=128 * 128, max_upscale=4)
 LOADED = ("text", "none")
 
 
@@ -129,3 +129,30 @@ def test_error_statuses():
     assert error_status(OSEDiffError("x")) == 422
     assert error_status(RequestError("x", status=401)) == 401
     assert error_status(RuntimeError("x")) == 500
+
+
+@pytest.mark.parametrize(("field", "value", "flag"), [("max_pixels", 0, "--max-pixels"),
+                                                       ("max_bytes", -1, "--max-upload-mb"),
+                                                       ("max_upscale", float("nan"), "--max-upscale"),
+                                                       ("max_output_pixels", 0.5, "--max-output-pixels")])
+def test_limits_below_one_are_refused_naming_field_and_flag(field, value, flag):
+    with pytest.raises(LimitsError, match=f"^{field} \\({flag}\\) must be"):
+        RequestLimits(**{field: value})
+
+
+@pytest.mark.parametrize(("command", "limits"), [("demo", DEMO_LIMITS), ("serve", SERVE_LIMITS)])
+def test_front_end_flags_default_to_the_library_limits(command, limits):
+    from osediff.cli import build_parser
+    from osediff.cli.options import limits_from_args
+
+    assert limits_from_args(build_parser().parse_args([command])) == limits
+    custom = build_parser().parse_args([command, "--max-upload-mb", "1.5", "--max-pixels", "100", "--max-upscale", "2"])
+    assert limits_from_args(custom) == RequestLimits(max_bytes=int(1.5 * 2**20), max_pixels=100,
+                                                     max_output_pixels=limits.max_output_pixels, max_upscale=2.0)
+
+
+def test_front_end_refuses_bad_limit_flags_before_loading(capsys):
+    from osediff.cli import main
+
+    assert main(["serve", "--max-pixels", "0", "--offline"]) == 2
+    assert capsys.readouterr().err == "error: max_pixels (--max-pixels) must be a finite number of at least 1, got 0\n"

@@ -4,15 +4,17 @@ Only :mod:`osediff.app.demo` imports gradio; the limits, example list and upscal
 plain Python so they can be tested (and reused) without a web stack.
 """
 
+from ..limits import DEMO_LIMITS, RequestLimits
 from .examples import ExampleLibrary, default_examples_dir
-from .limits import DemoInputError, UploadLimits
+from .limits import DemoInputError
 from .service import DemoResult, UpscaleService
 
 __all__ = [
+    "DEMO_LIMITS",
     "DemoInputError",
     "DemoResult",
     "ExampleLibrary",
-    "UploadLimits",
+    "RequestLimits",
     "UpscaleService",
     "default_examples_dir",
 ]

@@ -21,9 +21,10 @@ from typing import Any
 import gradio as gr
 
 from ..color import ALIGN_METHODS
+from ..limits import DEMO_LIMITS, RequestLimits
 from ..pipeline import OSEDiffPipeline
 from .examples import ExampleLibrary
-from .limits import DemoInputError, UploadLimits, check_upload, open_limited
+from .limits import DemoInputError, check_upload, open_limited
 from .service import DemoSettings, UpscaleService
 
 TITLE = "OSEDiff: one-step diffusion super-resolution"
@@ -104,19 +105,18 @@ def _style_kwargs(target: Callable[..., Any]) -> dict[str, Any]:
 
 
 def build_demo(pipe: OSEDiffPipeline | Callable[[], OSEDiffPipeline] | None,
-               examples_dir: str | os.PathLike | None = None, max_upload_pixels: int = 1024 * 1024, *,
-               limits: UploadLimits | None = None, service: UpscaleService | None = None,
+               examples_dir: str | os.PathLike | None = None, *,
+               limits: RequestLimits = DEMO_LIMITS, service: UpscaleService | None = None,
                extractor_kwargs: dict[str, Any] | None = None, default_extractor: str = "text") -> gr.Blocks:
     """The page around one pipeline, loaded here once if a factory is given. Call ``.queue()``/``.launch()`` on it.
 
-    ``limits`` (if given) overrides ``max_upload_pixels``; ``service`` replaces the whole request
-    path (tests use it to count calls).
+    ``limits`` caps each request; ``service`` (which has its own limits) replaces the whole
+    request path (tests use it to count calls).
     """
     if service is None:
         if pipe is None:
             raise ValueError("build_demo needs a pipeline, a pipeline factory or a service")
         model = pipe if isinstance(pipe, OSEDiffPipeline) else pipe()
-        limits = limits or UploadLimits(max_pixels=max_upload_pixels)
         service = UpscaleService(model, limits, extractor_kwargs=extractor_kwargs)
     limits = service.limits
     examples = ExampleLibrary.from_folder(examples_dir)

@@ -7,25 +7,15 @@ says what was wrong and what the limit is.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import OSEDiffError
 from ..images import ImageLoadError, LoadedImage, load_image
+from ..limits import RequestLimits, output_size
 
 
 class DemoInputError(OSEDiffError, ValueError):
     """A request the demo refuses; the message is meant for the person using the page."""
-
-
-@dataclass(frozen=True)
-class UploadLimits:
-    """Caps on one request. Inputs are checked before decoding, outputs before any model work."""
-
-    max_bytes: int = 20 * 1024 * 1024
-    max_pixels: int = 1024 * 1024
-    max_output_pixels: int = 4096 * 4096
-    max_upscale: float = 8.0
 
 
 def _mb(n: int) -> str:
@@ -50,7 +40,7 @@ def resolve_upload(path: str | os.PathLike, upload_roots: list[Path]) -> Path:
     raise DemoInputError("only images uploaded through the page can be used; file-system paths are refused")
 
 
-def check_upload(path: str | os.PathLike, upload_roots: list[Path], limits: UploadLimits) -> LoadedImage:
+def check_upload(path: str | os.PathLike, upload_roots: list[Path], limits: RequestLimits) -> LoadedImage:
     """Open an uploaded image after checking where it is, its size in bytes and its pixel count."""
     real = resolve_upload(path, upload_roots)
     if not real.is_file():
@@ -61,18 +51,18 @@ def check_upload(path: str | os.PathLike, upload_roots: list[Path], limits: Uplo
     return open_limited(real, limits)
 
 
-def open_limited(path: Path, limits: UploadLimits) -> LoadedImage:
+def open_limited(path: Path, limits: RequestLimits) -> LoadedImage:
     """:func:`load_image` under the demo's pixel limit, with messages worded for a web page."""
     _check_header(path, limits)
     try:
-        return load_image(path, max_pixels=limits.max_pixels if limits.max_pixels > 0 else None)
+        return load_image(path, max_pixels=limits.max_pixels)
     except ImageLoadError as err:
         # load_image names the server-side file; the user only needs the reason
         reason = str(err).split(": ", 1)[-1]
         raise DemoInputError(f"cannot use this image: {reason}") from None
 
 
-def _check_header(path: Path, limits: UploadLimits) -> None:
+def _check_header(path: Path, limits: RequestLimits) -> None:
     """Refuse too many pixels from the header alone, quoting the demo's limit rather than a CLI flag."""
     from PIL import Image, UnidentifiedImageError
 
@@ -81,23 +71,19 @@ def _check_header(path: Path, limits: UploadLimits) -> None:
             width, height = img.size
     except (UnidentifiedImageError, OSError, ValueError):
         return  # load_image reports undecodable files precisely
-    if limits.max_pixels > 0 and width * height > limits.max_pixels:
-        side = _side(limits.max_pixels)
+    if width * height > limits.max_pixels:
+        side = limits.max_side
         raise DemoInputError(
             f"the image is {width}x{height} = {width * height:,} pixels; this demo accepts up to "
             f"{limits.max_pixels:,} pixels (about {side}x{side}). Please downscale or crop it first."
         )
 
 
-def _side(pixels: int) -> int:
-    return int(pixels**0.5)
-
-
-def check_request(width: int, height: int, upscale: float, limits: UploadLimits) -> tuple[int, int]:
+def check_request(width: int, height: int, upscale: float, limits: RequestLimits) -> tuple[int, int]:
     """Validate the upscale factor and the output size; returns the output (width, height)."""
     if not 1.0 <= upscale <= limits.max_upscale:
         raise DemoInputError(f"the upscale factor must be between 1 and {limits.max_upscale:g}, got {upscale:g}")
-    out_w, out_h = max(1, round(width * upscale)), max(1, round(height * upscale))
+    out_w, out_h = output_size(width, height, upscale)
     if out_w * out_h > limits.max_output_pixels:
         raise DemoInputError(
             f"x{upscale:g} of a {width}x{height} image would be {out_w}x{out_h} = {out_w * out_h:,} pixels; "

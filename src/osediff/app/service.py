@@ -22,6 +22,7 @@ from PIL import Image
 from ..checkpoint import ModelNotFoundError
 from ..color import ALIGN_METHODS
 from ..images import LoadedImage, save_image_atomic
+from ..limits import DEMO_LIMITS, RequestLimits
 from ..pipeline import OSEDiffPipeline, TileConfig
 from ..prompts import (
     PromptExtractor,
@@ -30,7 +31,7 @@ from ..prompts import (
     extractor_needs_model,
     resolve_extractor_files,
 )
-from .limits import DemoInputError, UploadLimits, check_request
+from .limits import DemoInputError, check_request
 
 STAGE_LABELS = {"extract": "prompt extraction", "prompt": "text encoder", "vae_encode": "VAE encode",
                 "unet": "UNet", "vae_decode": "VAE decode"}
@@ -109,13 +110,13 @@ class UpscaleService:
     temporary folder that :meth:`close` removes.
     """
 
-    def __init__(self, pipe: OSEDiffPipeline, limits: UploadLimits | None = None,
+    def __init__(self, pipe: OSEDiffPipeline, limits: RequestLimits = DEMO_LIMITS,
                  output_dir: str | Path | None = None, keep_outputs: int = 32,
                  extractor_kwargs: dict[str, Any] | None = None,
                  extractors: dict[str, dict[str, Any]] | None = None,
                  unavailable: dict[str, str] | None = None) -> None:
         self.pipe = pipe
-        self.limits = limits or UploadLimits()
+        self.limits = limits
         self._owns_output_dir = output_dir is None
         self.output_dir = Path(output_dir or tempfile.mkdtemp(prefix="osediff-demo-"))
         self.output_dir.mkdir(parents=True, exist_ok=True)

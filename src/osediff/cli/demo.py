@@ -13,7 +13,8 @@ import signal
 import sys
 from pathlib import Path
 
-from .options import add_model_options
+from ..limits import DEMO_LIMITS
+from .options import add_limit_options, add_model_options, limits_from_args
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -29,13 +30,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-examples", action="store_true", help="offer no examples")
     p.add_argument("--concurrency", type=int, default=1, help="requests run at once (default 1; the rest queue)")
     p.add_argument("--queue-size", type=int, default=16, help="requests that may wait before new ones are refused")
-    p.add_argument("--max-pixels", type=int, default=1024 * 1024, help="largest upload in pixels (default 1024*1024)")
-    p.add_argument("--max-output-pixels", type=int, default=4096 * 4096,
-                   help="largest result in pixels (default 4096*4096)")
-    p.add_argument("--max-upload-mb", type=float, default=20.0, help="largest upload in MB (default 20)")
     p.add_argument("--prompt-extractor", default="text", choices=available_prompt_extractors(),
                    help="extractor selected on the page at first; its model may be downloaded at start-up, the "
                         "others are offered only if their files are in the local cache")
+    add_limit_options(p, DEMO_LIMITS)
     add_model_options(p)
     p.set_defaults(run=run)
 
@@ -50,7 +48,6 @@ def run(args: argparse.Namespace) -> int:
         return 2
     from ..app.demo import build_demo, launch_demo
     from ..app.examples import default_examples_dir
-    from ..app.limits import UploadLimits
     from ..app.service import UpscaleService, resolve_extractors
     from ..device import pick_device, pick_dtype
     from ..errors import OSEDiffError
@@ -60,8 +57,7 @@ def run(args: argparse.Namespace) -> int:
     examples = None if args.no_examples else (args.examples or default_examples_dir())
     if examples is not None and not Path(examples).is_dir():
         raise OSEDiffError(f"examples folder {examples} does not exist; pass --examples FOLDER or --no-examples")
-    limits = UploadLimits(max_bytes=int(args.max_upload_mb * 1024 * 1024), max_pixels=args.max_pixels,
-                          max_output_pixels=args.max_output_pixels)
+    limits = limits_from_args(args)
     device = pick_device(args.device)
     dtype = pick_dtype(args.dtype, device)
     # every model file is looked for before anything loads; the page offers what was found

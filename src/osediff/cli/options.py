@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..limits import RequestLimits
 from ..presets import DEFAULT_PRESET, PRESETS
 
 
@@ -20,3 +21,23 @@ def add_model_options(parser: argparse.ArgumentParser) -> argparse._ArgumentGrou
     model.add_argument("--dtype", default="auto", help="auto | fp32 | fp16 | bf16")
     model.add_argument("--offline", action="store_true", help="use only local files and caches")
     return model
+
+
+def add_limit_options(parser: argparse.ArgumentParser, defaults: RequestLimits) -> argparse._ArgumentGroup:
+    """``--max-upload-mb --max-pixels --max-output-pixels --max-upscale`` with a front end's defaults."""
+    group = parser.add_argument_group("limits per request")
+    group.add_argument("--max-upload-mb", type=float, default=defaults.max_bytes / 2**20,
+                       help="largest upload in MB (default %(default)g)")
+    group.add_argument("--max-pixels", type=int, default=defaults.max_pixels,
+                       help=f"largest input in pixels (default {defaults.max_side}*{defaults.max_side})")
+    group.add_argument("--max-output-pixels", type=int, default=defaults.max_output_pixels,
+                       help="largest result in pixels (default %(default)d)")
+    group.add_argument("--max-upscale", type=float, default=defaults.max_upscale,
+                       help="largest upscale factor (default %(default)g)")
+    return group
+
+
+def limits_from_args(args: argparse.Namespace) -> RequestLimits:
+    """The limits the flags of :func:`add_limit_options` ask for (a :class:`LimitsError` names the flag)."""
+    return RequestLimits(max_bytes=int(args.max_upload_mb * 2**20), max_pixels=args.max_pixels,
+                         max_output_pixels=args.max_output_pixels, max_upscale=args.max_upscale)

@@ -14,7 +14,8 @@ import signal
 import sys
 import threading
 
-from .options import add_model_options
+from ..limits import SERVE_LIMITS, RequestLimits
+from .options import add_limit_options, add_model_options, limits_from_args
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -53,12 +54,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                        help="join this Ray cluster (e.g. auto or ray://head:10001) instead of starting one")
     scale.add_argument("--metrics-port", type=int, default=None,
                        help="Prometheus metrics port of the local Ray node (default: Ray picks one)")
-    limits = p.add_argument_group("limits per request")
-    limits.add_argument("--max-upload-mb", type=float, default=20.0, help="largest body in MB (default 20)")
-    limits.add_argument("--max-pixels", type=int, default=2048 * 2048, help="largest input (default 2048*2048)")
-    limits.add_argument("--max-output-pixels", type=int, default=4096 * 4096,
-                        help="largest output (default 4096*4096)")
-    limits.add_argument("--max-upscale", type=float, default=8.0, help="largest factor (default 8)")
+    add_limit_options(p, SERVE_LIMITS)
     p.add_argument("--log-level", default="WARNING", choices=("DEBUG", "INFO", "WARNING", "ERROR"),
                    help="Ray Serve log level (INFO logs every request)")
     p.set_defaults(run=run)
@@ -75,26 +71,24 @@ def _check_options(args: argparse.Namespace) -> str | None:
         return f"--port must be 1-65535, got {args.port}"
     if args.replicas < 1:
         return f"--replicas must be at least 1, got {args.replicas}"
-    for flag, value in (("--max-batch-size", args.max_batch_size), ("--max-queued-requests", args.max_queued_requests),
-                        ("--max-pixels", args.max_pixels), ("--max-output-pixels", args.max_output_pixels)):
+    for flag, value in (("--max-batch-size", args.max_batch_size), ("--max-queued-requests", args.max_queued_requests)):
         if value < 1:
             return f"{flag} must be at least 1, got {value}"
     if args.max_ongoing_requests is not None and args.max_ongoing_requests < args.max_batch_size:
         return f"--max-ongoing-requests ({args.max_ongoing_requests}) must be at least --max-batch-size"
-    if args.batch_wait_ms < 0 or args.max_upload_mb <= 0 or args.max_upscale < 1 or args.replica_cpus < 0:
-        return "--batch-wait-ms >= 0, --max-upload-mb > 0, --max-upscale >= 1 and --replica-cpus >= 0 are required"
+    if args.batch_wait_ms < 0 or args.replica_cpus < 0:
+        return "--batch-wait-ms >= 0 and --replica-cpus >= 0 are required"
     if args.api_key_env is not None and not os.environ.get(args.api_key_env):
         return f"--api-key-env {args.api_key_env}: that environment variable is not set or empty"
     return None
 
 
-def build_config(args: argparse.Namespace):
+def build_config(args: argparse.Namespace, limits: RequestLimits):
     """Resolve the model files once, here (one-line errors), so replicas only read local paths."""
     from ..checkpoint import resolve_base
     from ..presets import get_preset, resolve_weights
     from ..prompts import extractor_needs_model, resolve_extractor_files
     from ..serve.engine import ALWAYS_LOADED, ServeConfig, file_sha256
-    from ..serve.limits import ServeLimits
 
     base = resolve_base(args.base, local_files_only=args.offline)
     spec = args.weights or get_preset(args.preset).weights
@@ -109,8 +103,7 @@ def build_config(args: argparse.Namespace):
     return ServeConfig(
         base=str(base), weights=str(weights), device=args.device, dtype=args.dtype, decoder_dtype=args.decoder_dtype,
         extractors=extractors, default_extractor=chosen[0], extractor_files=files,
-        limits=ServeLimits(max_bytes=int(args.max_upload_mb * 1024 * 1024), max_pixels=args.max_pixels,
-                           max_output_pixels=args.max_output_pixels, max_upscale=args.max_upscale),
+        limits=limits,
         max_batch_size=args.max_batch_size, batch_wait_s=args.batch_wait_ms / 1000,
         api_key_sha256=hashlib.sha256(api_key.encode()).hexdigest() if api_key else None,
         threads=args.threads or cpus, weights_sha256=file_sha256(weights),
@@ -118,9 +111,18 @@ def build_config(args: argparse.Namespace):
     )
 
 
+# Serve gives its HTTP proxy 5 s to answer a readiness check and stops after three misses; while
+# the replicas load the model they can hold every core that long (seen on a busy 2-core machine).
+# A local node inherits these from this process; a cluster's own settings are left alone.
+LOCAL_PROXY_TIMEOUTS = {"RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "30", "RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S": "30"}
+
+
 def _start_ray(ray, args: argparse.Namespace) -> None:
     """``ray.init``, tried twice when starting a local node: Ray gives its node 30 s to register,
     which a machine busy with other work can miss once."""
+    if args.ray_address is None:
+        for name, seconds in LOCAL_PROXY_TIMEOUTS.items():
+            os.environ.setdefault(name, seconds)
     for attempt in (1, 2):
         try:
             ray.init(address=args.ray_address, include_dashboard=False, _metrics_export_port=args.metrics_port,
@@ -137,6 +139,7 @@ def run(args: argparse.Namespace) -> int:
     problem = _check_options(args)
     if problem:
         return _fail(problem)
+    limits = limits_from_args(args)
     try:
         import ray
         from ray import serve
@@ -147,7 +150,7 @@ def run(args: argparse.Namespace) -> int:
 
     # user errors (OSEDiffError) go up to the CLI's one handler; anything else is a bug with a traceback
     autoscale = parse_autoscale(args.autoscale) if args.autoscale else None
-    config = build_config(args)
+    config = build_config(args, limits)
     gpus = 1.0 if pick_device(args.device).type == "cuda" else 0.0
     scaling = Scaling(replicas=args.replicas, autoscale=autoscale, max_ongoing_requests=args.max_ongoing_requests,
                       max_queued_requests=args.max_queued_requests, replica_cpus=args.replica_cpus,

@@ -8,6 +8,7 @@ keeps answering health checks and refusing bad requests while the model runs.
 
 
 import asyncio
+import dataclasses
 import hashlib
 import hmac
 import time
@@ -23,7 +24,7 @@ from starlette.exceptions import HTTPException
 
 from .. import __version__
 from ..errors import OSEDiffError
-from .engine import Engine, Job, JobResult, ServeConfig, encode_image, limits_info
+from .engine import Engine, Job, JobResult, ServeConfig, encode_image
 from .limits import (
     PARAMETERS,
     RequestError,
@@ -161,7 +162,7 @@ class OSEDiffServer:
             "dtype": self.engine.dtype,
             "prompt_extractors": list(c.extractors),
             "default_prompt_extractor": c.default_extractor,
-            "limits": limits_info(c.limits),
+            "limits": dataclasses.asdict(c.limits),
             "batching": {"max_batch_size": c.max_batch_size, "batch_wait_ms": round(c.batch_wait_s * 1000, 3)},
             "auth": c.api_key_sha256 is not None,
         }

@@ -16,8 +16,9 @@ from pathlib import Path
 from PIL import Image
 
 from ..images import LoadedImage
+from ..limits import SERVE_LIMITS, RequestLimits
 from ..prompts import extractor_needs_model
-from .limits import ServeLimits, UpscaleParams
+from .limits import UpscaleParams
 
 ALWAYS_LOADED = ("text", "none")
 
@@ -35,7 +36,7 @@ class ServeConfig:
     # per model extractor, its factory's file arguments as local paths (prompts.resolve_extractor_files)
     extractor_files: dict[str, dict] = field(default_factory=dict)
     default_extractor: str = "text"
-    limits: ServeLimits = field(default_factory=ServeLimits)
+    limits: RequestLimits = SERVE_LIMITS
     max_batch_size: int = 4
     batch_wait_s: float = 0.02
     api_key_sha256: str | None = None  # the key itself never leaves the process that read it
@@ -158,7 +159,3 @@ def encode_image(image: Image.Image, params: UpscaleParams) -> bytes:
         image.save(buffer, format="PNG")
     return buffer.getvalue()
 
-
-def limits_info(limits: ServeLimits) -> dict[str, float | int]:
-    return {"max_bytes": limits.max_bytes, "max_pixels": limits.max_pixels,
-            "max_output_pixels": limits.max_output_pixels, "max_upscale": limits.max_upscale}

@@ -18,6 +18,7 @@ from PIL import Image, UnidentifiedImageError
 from ..color import ALIGN_METHODS
 from ..errors import OSEDiffError
 from ..images import ImageLoadError, LoadedImage, load_image
+from ..limits import RequestLimits, output_size
 
 OUTPUT_FORMATS: dict[str, str] = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 PARAMETERS = ("upscale", "align", "prompt", "prompt_extractor", "format", "quality")
@@ -59,16 +60,6 @@ def error_status(err: BaseException) -> int:
 
 
 @dataclass(frozen=True)
-class ServeLimits:
-    """Caps on one request; every one is checked before decoding or any model work."""
-
-    max_bytes: int = 20 * 1024 * 1024
-    max_pixels: int = 2048 * 2048
-    max_output_pixels: int = 4096 * 4096
-    max_upscale: float = 8.0
-
-
-@dataclass(frozen=True)
 class UpscaleParams:
     upscale: float = 4.0
     align: str = "adain"
@@ -82,7 +73,7 @@ class UpscaleParams:
         return OUTPUT_FORMATS[self.format]
 
 
-def parse_params(values: Mapping[str, str | None], extractors: tuple[str, ...], limits: ServeLimits,
+def parse_params(values: Mapping[str, str | None], extractors: tuple[str, ...], limits: RequestLimits,
                  default_extractor: str = "text") -> UpscaleParams:
     """Validate the request's parameters (query string or form fields); 422 on anything unsupported."""
     unknown = sorted(set(values) - set(PARAMETERS))
@@ -119,7 +110,7 @@ def _number(text: str, name: str, kind: type[float] | type[int]) -> float | int:
         raise Unprocessable(f"{name} must be a{'n integer' if kind is int else ' number'}, got {text!r}") from None
 
 
-def check_content_length(header: str | None, limits: ServeLimits) -> None:
+def check_content_length(header: str | None, limits: RequestLimits) -> None:
     """413 from the declared length alone, before a byte of the body is read."""
     if header is None:
         return
@@ -131,7 +122,7 @@ def check_content_length(header: str | None, limits: ServeLimits) -> None:
         raise TooLarge(f"request body is {length} bytes; at most {limits.max_bytes} are accepted")
 
 
-async def read_limited(chunks: AsyncIterator[bytes], limits: ServeLimits) -> bytes:
+async def read_limited(chunks: AsyncIterator[bytes], limits: RequestLimits) -> bytes:
     """The body, refused with 413 as soon as it grows past the limit (a missing or false length)."""
     body = bytearray()
     async for chunk in chunks:
@@ -141,12 +132,7 @@ async def read_limited(chunks: AsyncIterator[bytes], limits: ServeLimits) -> byt
     return bytes(body)
 
 
-def output_size(width: int, height: int, upscale: float) -> tuple[int, int]:
-    """The pipeline's output size: exactly round(s * side), as its bicubic pre-upscale."""
-    return max(1, round(width * upscale)), max(1, round(height * upscale))
-
-
-def open_checked(data: bytes, params: UpscaleParams, limits: ServeLimits) -> LoadedImage:
+def open_checked(data: bytes, params: UpscaleParams, limits: RequestLimits) -> LoadedImage:
     """Decode an uploaded image after checking input and output pixels from its header alone."""
     if not data:
         raise RequestError("no image in the request body")
