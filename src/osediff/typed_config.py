@@ -20,6 +20,9 @@ from .errors import OSEDiffError
 T = TypeVar("T")
 
 
+_EXACT_KINDS = {bool: "true or false", int: "an integer", str: "a string"}
+
+
 class ConfigError(OSEDiffError, ValueError):
     """A configuration that cannot be used; the message names the key."""
 
@@ -88,13 +91,10 @@ def coerce(hint: Any, value: Any, path: str) -> Any:
         if not isinstance(value, Mapping):
             raise ConfigError(f"{path}: expected a mapping, got {type(value).__name__}")
         return dict(value)
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{path}: expected true or false, got {value!r}")
-        return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{path}: expected an integer, got {value!r}")
+    if hint in _EXACT_KINDS:
+        # bool is an int to Python, but `true` where a count is expected is a mistake
+        if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
+            raise ConfigError(f"{path}: expected {_EXACT_KINDS[hint]}, got {value!r}")
         return value
     if hint is float:
         if isinstance(value, str):
@@ -105,8 +105,4 @@ def coerce(hint: Any, value: Any, path: str) -> Any:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(f"{path}: expected a number, got {value!r}")
         return float(value)
-    if hint is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{path}: expected a string, got {value!r}")
-        return value
     return value
