@@ -228,11 +228,12 @@ def test_cli_export_only_and_bad_resume(trained, tiny_base_dir, tmp_path, capsys
     config.write_text(f"data: {{sources: ['{REALSR / 'hr'}'], crop_size: 96}}\nprompts: {{source: none}}\n"
                       f"model: {{base: '{tiny_base_dir}'}}\nloss: {{lpips_pretrained: false}}\n"
                       f"run: {{output_dir: '{out}', mixed_precision: 'no', device: cpu}}\n")
-    assert main(["train", "--config", str(config), "--resume", str(tmp_path / "nowhere")]) == 1
+    assert main(["train", "--config", str(config), "--resume", str(tmp_path / "nowhere")]) == 2
     assert "not a checkpoint folder" in capsys.readouterr().err
     assert main(["train", "--config", str(config), "--export-only"]) == 2
     assert main(["train", "--config", str(config), "--resume", "latest", "--export-only",
-                 "--output-dir", str(tmp_path / "again")]) == 1  # nothing to resume there
+                 "--output-dir", str(tmp_path / "again")]) == 2  # nothing to resume there
+    assert "no checkpoint to export" in capsys.readouterr().err
     assert main(["train", "--config", str(config), "--resume", "latest", "--export-only"]) == 0
     exported = OSEDiffWeights.load(out / "export" / "osediff.safetensors")
     final = trainer.gen.export()  # the last checkpoint is step 3, the final state

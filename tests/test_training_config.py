@@ -70,6 +70,62 @@ def test_cli_reports_config_errors_in_one_line(tmp_path, capsys):
     assert "config file not found" in capsys.readouterr().err
 
 
+def _one_error_line(capsys) -> str:
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    return err
+
+
+class _NoModelLoads:
+    """Stands in for the Trainer: every user error must be found before a model loads."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        raise AssertionError("the Trainer was built before the error was found")
+
+
+def test_train_errors_reach_the_cli_handler_as_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("osediff.training.loop.Trainer", _NoModelLoads)
+    config = tmp_path / "train.yaml"
+    config.write_text("run:\n  max_step: 5\n")
+    assert main(["train", "--config", str(config)]) == 2
+    err = _one_error_line(capsys)
+    assert f"--config {config}: unknown key 'run.max_step' (did you mean 'max_steps'?)" in err
+
+    (tmp_path / "hq").mkdir()
+    _png(tmp_path / "hq" / "1.png", 16, 10)
+    cases = [
+        ("data: {sources: [missing]}\n", [],
+         f"--config {config}: data.sources: {tmp_path / 'missing'}: no such folder or file"),
+        ("data: {sources: [hq]}\nprompts: {source: captions, cache: nope.json}\n", [],
+         f"--config {config}: prompts.cache: {tmp_path / 'nope.json'}: no such file"),
+        ("data: {sources: [hq]}\nmodel: {base: nowhere/sd}\n", [],
+         "model.base (a diffusers folder or hub id) in the --config file"),
+        ("data: {sources: [hq]}\n", ["--max-steps", "0"], "--max-steps must be >= 1, got 0"),
+        ("data: {sources: [hq]}\n", ["--export-only"], "--export-only needs --resume"),
+        ("data: {sources: [hq]}\n", ["--resume", str(tmp_path / "hq")], "not a checkpoint folder"),
+        ("data: {sources: [hq]}\n", ["--resume", "latest", "--export-only", "--output-dir", str(tmp_path / "o")],
+         "--export-only: no checkpoint to export"),
+    ]
+    for yaml_text, flags, expected in cases:
+        config.write_text(yaml_text)
+        assert main(["train", "--config", str(config), *flags]) == 2, expected
+        assert expected in _one_error_line(capsys)
+
+
+def test_train_keeps_the_traceback_of_errors_that_are_bugs(tmp_path, tiny_base_dir, monkeypatch):
+    class Broken:
+        def __init__(self, *args, **kwargs) -> None:
+            raise ValueError("a bug deep inside")
+
+    monkeypatch.setattr("osediff.training.loop.Trainer", Broken)
+    (tmp_path / "hq").mkdir()
+    _png(tmp_path / "hq" / "1.png", 16, 10)
+    config = tmp_path / "train.yaml"
+    config.write_text(f"data: {{sources: [hq]}}\nmodel: {{base: '{tiny_base_dir}'}}\n")
+    with pytest.raises(ValueError, match="a bug deep inside"):  # not printed as if the user had erred
+        main(["train", "--config", str(config)])
+
+
 def _png(path: Path, size: int, value: int) -> Path:
     Image.fromarray(np.full((size, size, 3), value, np.uint8)).save(path)
     return path

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import sys
+
+from ..errors import OSEDiffError
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -21,42 +22,43 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(run=run)
 
 
+class TrainOptionError(OSEDiffError, ValueError):
+    """A flag of ``osediff train`` that cannot work; the message names it."""
+
+
 def run(args: argparse.Namespace) -> int:
+    """Every user error is an OSEDiffError for the CLI's one handler, raised before any model loads."""
+    from ..training.checkpointing import resolve_resume
     from ..training.config import ConfigError, TrainConfig
 
+    if args.max_steps is not None and args.max_steps < 1:
+        raise TrainOptionError(f"--max-steps must be >= 1, got {args.max_steps}")
+    if args.export_only and not args.resume:
+        raise TrainOptionError("--export-only needs --resume latest|PATH")
     try:
         config = TrainConfig.from_yaml(args.config)
     except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        raise ConfigError(f"--config {err}") from None
     if args.output_dir:
         config.run.output_dir = args.output_dir
     if args.max_steps is not None:
-        if args.max_steps < 1:
-            print("error: --max-steps must be >= 1", file=sys.stderr)
-            return 2
         config.run.max_steps = args.max_steps
-    if args.export_only and not args.resume:
-        print("error: --export-only needs --resume latest|PATH", file=sys.stderr)
-        return 2
+    checkpoint = resolve_resume(args.resume, config.run.output_dir)
+    if args.export_only and checkpoint is None:
+        raise TrainOptionError(f"--export-only: no checkpoint to export in {config.run.output_dir} "
+                               "(--resume latest found none)")
 
-    from ..checkpoint.hub import ModelNotFoundError
-    from ..errors import OSEDiffError
-    from ..training.loop import Trainer
+    from ..training.data import TrainingDataError, build_dataset
+    from ..training.loop import Trainer, resolve_training_base
 
     try:
-        trainer = Trainer(config)
-        resumed = trainer.resume(args.resume, weights_only=args.export_only)
-        if args.export_only:
-            if resumed is None:
-                print("error: no checkpoint to export", file=sys.stderr)
-                return 1
-            paths = trainer.export()
-        else:
-            paths = trainer.fit().exported
-    except (OSEDiffError, ModelNotFoundError, FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+        dataset = None if args.export_only else build_dataset(config.data, config.prompts, config.run.seed)
+    except TrainingDataError as err:
+        raise TrainingDataError(f"--config {args.config}: {err}") from None
+    resolve_training_base(config.model.base)  # found (or fetched) now; the Trainer then finds it locally
+    trainer = Trainer(config)
+    trainer.resume(args.resume, weights_only=args.export_only)
+    paths = trainer.export() if args.export_only else trainer.fit(dataset=dataset).exported
     for path in paths:
         print(f"wrote {path}")
     return 0

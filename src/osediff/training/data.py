@@ -18,11 +18,16 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..errors import OSEDiffError
 from ..images import IMAGE_SUFFIXES, ImageLoadError, load_image
 from .config import DataConfig, DataSource, PromptConfig
 
 log = logging.getLogger(__name__)
 MAX_DRAWS = 100
+
+
+class TrainingDataError(OSEDiffError, ValueError):
+    """Training images or captions that cannot be used; the message names the config key."""
 
 
 def list_source(path: str) -> list[str]:
@@ -34,7 +39,7 @@ def list_source(path: str) -> list[str]:
         lines = [line.strip() for line in source.read_text().splitlines()]
         return [str(source.parent / line) if not Path(line).is_absolute() else line
                 for line in lines if line and not line.startswith("#")]
-    raise FileNotFoundError(f"data source {path}: no such folder or file")
+    raise TrainingDataError(f"data.sources: {path}: no such folder or file")
 
 
 def source_probabilities(sources: list[DataSource], sizes: list[int]) -> np.ndarray:
@@ -54,7 +59,15 @@ class CaptionLookup:
         self.ext = config.caption_ext
         self.cache: dict[str, str] | None = None
         if config.cache:
-            self.cache = json.loads(Path(config.cache).read_text())
+            if not Path(config.cache).is_file():
+                raise TrainingDataError(f"prompts.cache: {config.cache}: no such file")
+            try:
+                self.cache = json.loads(Path(config.cache).read_text())
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+                raise TrainingDataError(f"prompts.cache: {config.cache}: not a readable JSON file ({err})") from None
+            if not isinstance(self.cache, dict):
+                raise TrainingDataError(f"prompts.cache: {config.cache}: expected a JSON object "
+                                        "{image path: caption}")
 
     def __call__(self, image_path: str) -> str:
         if self.cache is not None:
@@ -68,11 +81,11 @@ class HQDataset(torch.utils.data.Dataset):
 
     def __init__(self, config: DataConfig, seed: int, captions: CaptionLookup | None = None) -> None:
         if not config.sources:
-            raise ValueError("data.sources is empty: give at least one folder or list of HQ images")
+            raise TrainingDataError("data.sources is empty: give at least one folder or list of HQ images")
         self.files = [list_source(s.path) for s in config.sources]
         empty = [s.path for s, files in zip(config.sources, self.files, strict=True) if not files]
         if empty:
-            raise ValueError(f"data source(s) without images: {', '.join(empty)}")
+            raise TrainingDataError(f"data.sources: no images in {', '.join(empty)}")
         self.probabilities = source_probabilities(config.sources, [len(files) for files in self.files])
         self.crop, self.hflip, self.seed, self.captions = config.crop_size, config.hflip, seed, captions
         self._bad: set[str] = set()
@@ -112,6 +125,13 @@ class HQDataset(torch.utils.data.Dataset):
             image = image.transpose(Image.FLIP_LEFT_RIGHT)
         array = np.asarray(image, dtype=np.float32) / 255.0
         return torch.from_numpy(array.copy()).permute(2, 0, 1)
+
+
+def build_dataset(data: DataConfig, prompts: PromptConfig, seed: int) -> HQDataset:
+    """The HQ stream with its captions; lists every source and reads the caption cache, so a run
+    can build it before any model loads and fail on a missing folder in one line."""
+    captions = CaptionLookup(prompts) if prompts.source == "captions" else None
+    return HQDataset(data, seed, captions)
 
 
 class StreamSampler(torch.utils.data.Sampler):

@@ -20,7 +20,7 @@ import torch
 
 from .checkpointing import load_checkpoint, resolve_resume, save_checkpoint
 from .config import RunConfig, TrainConfig
-from .data import CaptionLookup, HQDataset, load_validation_images, make_loader
+from .data import HQDataset, build_dataset, load_validation_images, make_loader
 from .model import Generator, Regulariser, cast_frozen
 from .outputs import export_generator, save_strip
 from .step import GeneratorStep, critic_loss, generator_losses, model_inputs
@@ -107,7 +107,7 @@ class Trainer:
         if components is None:
             from ..components import load_base_components
 
-            components = load_base_components(cfg.model.base)
+            components = load_base_components(resolve_training_base(cfg.model.base))
         self.tokenizer, self.scheduler = components.tokenizer, components.scheduler
         self.weight_dtype = _DTYPES[acc.mixed_precision]
         reg_unet = copy.deepcopy(components.unet) if cfg.loss.regularization.startswith("vsd") else None
@@ -249,13 +249,15 @@ class Trainer:
         self.counters["micro_step"] += 1
         return out
 
-    def fit(self, max_steps: int | None = None, progress: bool = True) -> TrainResult:
+    def fit(self, max_steps: int | None = None, progress: bool = True,
+            dataset: HQDataset | None = None) -> TrainResult:
+        """Train to ``max_steps``; ``dataset`` is the config's stream, built here unless given."""
         from tqdm.auto import tqdm
 
         acc, cfg = self.accelerator, self.config
         max_steps = max_steps or cfg.run.max_steps
-        captions = CaptionLookup(cfg.prompts) if cfg.prompts.source == "captions" else None
-        dataset = HQDataset(cfg.data, cfg.run.seed, captions)
+        if dataset is None:
+            dataset = build_dataset(cfg.data, cfg.prompts, cfg.run.seed)
         loader = make_loader(dataset, cfg.run.batch_size, cfg.data.num_workers, self.counters["micro_step"],
                              acc.process_index, acc.num_processes)
         acc.init_trackers("osediff", config=_flat(cfg.to_dict()))
@@ -323,6 +325,18 @@ class Trainer:
         return path
 
 
+def resolve_training_base(base: str | None) -> Path:
+    """The local SD-2.1-base folder of ``model.base``; a miss names that key, not inference's --base."""
+    from ..checkpoint.hub import ModelNotFoundError, Option, resolve_base
+
+    try:
+        return resolve_base(base)
+    except ModelNotFoundError as err:
+        option = Option("model.base (a diffusers folder or hub id) in the training config",
+                        "model.base (a diffusers folder or hub id) in the --config file")
+        raise ModelNotFoundError(err.reason, option) from None
+
+
 def _flat(tree: dict, prefix: str = "") -> dict[str, int | float | str | bool]:
     """TensorBoard's hparams take scalars only: flatten nested sections, stringify the rest."""
     flat: dict[str, int | float | str | bool] = {}
@@ -337,7 +351,11 @@ def _flat(tree: dict, prefix: str = "") -> dict[str, int | float | str | bool]:
 
 def train(config: TrainConfig, resume: str | None = None, max_steps: int | None = None,
           components: BaseComponents | None = None, progress: bool = True) -> TrainResult:
-    """Build a :class:`Trainer`, resume if asked, train to ``max_steps`` and export the generator."""
+    """Build a :class:`Trainer`, resume if asked, train to ``max_steps`` and export the generator.
+
+    The data sources and the resume checkpoint are checked before any model loads."""
+    dataset = build_dataset(config.data, config.prompts, config.run.seed)
+    resolve_resume(resume, config.run.output_dir)
     trainer = Trainer(config, components)
     trainer.resume(resume)
-    return trainer.fit(max_steps, progress)
+    return trainer.fit(max_steps, progress, dataset)
