@@ -112,6 +112,16 @@ def test_train_errors_reach_the_cli_handler_as_one_line(tmp_path, capsys, monkey
         assert expected in _one_error_line(capsys)
 
 
+def test_train_function_checks_the_data_before_loading_models(tmp_path, monkeypatch):
+    from osediff.training import train
+    from osediff.training.data import TrainingDataError
+
+    monkeypatch.setattr("osediff.training.loop.Trainer", _NoModelLoads)
+    config = TrainConfig.from_dict({"data": {"sources": ["missing"]}}, base_dir=tmp_path)
+    with pytest.raises(TrainingDataError, match=r"^data\.sources: .*missing: no such folder or file$"):
+        train(config)
+
+
 def test_train_keeps_the_traceback_of_errors_that_are_bugs(tmp_path, tiny_base_dir, monkeypatch):
     class Broken:
         def __init__(self, *args, **kwargs) -> None:
@@ -286,8 +296,9 @@ def test_training_errors_are_osediff_errors():
     from osediff.errors import OSEDiffError
     from osediff.losses import LPIPSWeightsError
     from osediff.training.checkpointing import ResumeError
+    from osediff.training.data import TrainingDataError
 
-    for error in (ConfigError, ResumeError, LPIPSWeightsError):
+    for error in (ConfigError, ResumeError, LPIPSWeightsError, TrainingDataError):
         assert issubclass(error, OSEDiffError), error
     assert issubclass(ConfigError, ValueError) and issubclass(ResumeError, ValueError)
     with pytest.raises(ConfigError, match="final_sinc_prob"):
