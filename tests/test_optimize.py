@@ -38,6 +38,20 @@ def test_bad_options_fail_before_anything_changes(fresh_components, options, mes
     assert pipe.unet._compiled_call_impl is None
 
 
+def test_optimize_models_works_on_bare_models_and_its_errors_are_user_errors(fresh_components):
+    from osediff.acceleration import COMPILE_MODES, OptimizeOptionError, optimize_models
+    from osediff.errors import OSEDiffError
+
+    assert OSEDiffPipeline.COMPILE_MODES == COMPILE_MODES == ("default", "reduce-overhead", "max-autotune")
+    vae, unet = fresh_components.vae, fresh_components.unet
+    optimize_models(vae, unet, torch.device("cpu"), decoder_dtype=torch.bfloat16)
+    assert is_nhwc(vae.decoder.conv_out) and vae.decoder.conv_out.weight.dtype == torch.bfloat16
+    assert vae.post_quant_conv.weight.dtype == torch.bfloat16 and vae.encoder.conv_in.weight.dtype == torch.float32
+    with pytest.raises(OptimizeOptionError) as err:
+        optimize_models(vae, unet, torch.device("cpu"), compile_mode="fast")
+    assert isinstance(err.value, OSEDiffError) and "\n" not in str(err.value)
+
+
 def test_channels_last_converts_the_vae_but_not_the_unet_on_cpu(fresh_components):
     pipe = OSEDiffPipeline(fresh_components).optimize()
     assert is_nhwc(pipe.vae.encoder.conv_in) and is_nhwc(pipe.vae.decoder.conv_out)
