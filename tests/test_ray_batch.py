@@ -1,6 +1,7 @@
 """``osediff upscale --engine ray`` on a local 2-CPU Ray instance with the tiny model.
 
-Ray takes tens of seconds to start, so one instance serves the whole module and the tests are few.
+Ray takes tens of seconds to start, so one instance serves the whole module and the tests are few;
+each job starts its own model replica (another ~15 s), so two tests read one shared job.
 """
 
 from __future__ import annotations
@@ -56,41 +57,57 @@ def images_in(folder):
     return sorted(p.name for p in folder.iterdir() if p.suffix == ".png")
 
 
-def test_outputs_are_pixel_identical_to_the_single_process_runner(upscale, tmp_path, single_thread):
-    # the replica has one CPU, so torch runs it on one thread; the local run must too, since float
-    # sums split over a different number of threads can round a pixel the other way
-    src = make_inputs(tmp_path / "in", 5)
-    assert upscale(str(src), "-o", str(tmp_path / "local"), "--save-prompts", engine="local") == 0
-    # URIs as on a cluster (file:// here; s3:// and gs:// go through the same pyarrow filesystem calls)
-    assert upscale(f"file://{src}", "-o", f"file://{tmp_path / 'ray'}", "--save-prompts") == 0
-    names = images_in(src)
-    assert images_in(tmp_path / "ray") == names
-    for name in names:
-        local, remote = (np.asarray(Image.open(tmp_path / where / name)) for where in ("local", "ray"))
-        assert local.shape == remote.shape and np.array_equal(local, remote), name
-        stem = name.removesuffix(".png")
-        assert (tmp_path / "ray" / f"{stem}.txt").read_text() == "a photo\n"
-    rows = manifest(tmp_path / "ray")
-    assert sorted(r["input"] for r in rows) == [f"file://{src / name}" for name in names]
-    assert {(r["status"], r["prompt"], r["error"]) for r in rows} == {("written", "a photo", "")}
-    assert all(r["output"] == str(tmp_path / "ray" / os.path.basename(r["input"])) for r in rows)
-    assert not [p for p in (tmp_path / "ray").iterdir() if p.name.startswith(".")]
-
-
-def test_bad_files_are_in_the_manifest_with_their_error_and_the_rest_written(upscale, tmp_path):
-    src = make_inputs(tmp_path / "in", 2)
-    (src / "notimage.png").write_text("this is not an image")
-    (src / "empty.png").write_bytes(b"")
+def write_bad_inputs(folder):
+    folder.mkdir()
+    (folder / "notimage.png").write_text("this is not an image")
+    (folder / "empty.png").write_bytes(b"")
     buffer = io.BytesIO()
     Image.new("RGB", (64, 64), (9, 99, 199)).save(buffer, format="PNG")
-    (src / "truncated.png").write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
-    out = tmp_path / "out"
-    assert upscale(str(src), "-o", str(out)) == 1
-    assert images_in(out) == ["im0.png", "im1.png"]
-    errors = {os.path.basename(r["input"]): r["error"] for r in manifest(out) if r["status"] == "failed"}
+    (folder / "truncated.png").write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+    return folder
+
+
+@pytest.fixture(scope="module")
+def mixed_job(local_ray, tiny_base_dir, tiny_pkl, tmp_path_factory):
+    """One Ray job (its replica takes ~15 s to load): good images read and written through file://
+    URIs as on a cluster, and broken files named by plain paths, which take the local-read path."""
+    root = tmp_path_factory.mktemp("mixed")
+    good, bad, out = make_inputs(root / "good", 5), write_bad_inputs(root / "bad"), root / "ray"
+    status = main(["upscale", f"file://{good}", str(bad), "-o", f"file://{out}", "--save-prompts", "-s", "2",
+                   "--prompt-extractor", "text", "--prompt", "a photo", "--base", str(tiny_base_dir), "--weights",
+                   str(tiny_pkl), "--device", "cpu", "--engine", "ray"])
+    return status, good, bad, out
+
+
+def test_outputs_are_pixel_identical_to_the_single_process_runner(mixed_job, upscale, tmp_path, single_thread):
+    # the replica has one CPU, so torch runs it on one thread; the local run must too, since float
+    # sums split over a different number of threads can round a pixel the other way
+    _, src, _, ray_out = mixed_job
+    assert upscale(str(src), "-o", str(tmp_path / "local"), "--save-prompts", engine="local") == 0
+    names = images_in(src)
+    assert images_in(ray_out) == names
+    for name in names:
+        local, remote = (np.asarray(Image.open(where / name)) for where in (tmp_path / "local", ray_out))
+        assert local.shape == remote.shape and np.array_equal(local, remote), name
+        stem = name.removesuffix(".png")
+        assert (ray_out / f"{stem}.txt").read_text() == "a photo\n"
+    rows = [r for r in manifest(ray_out) if r["input"].startswith("file://")]
+    assert sorted(r["input"] for r in rows) == [f"file://{src / name}" for name in names]
+    assert {(r["status"], r["prompt"], r["error"]) for r in rows} == {("written", "a photo", "")}
+    assert all(r["output"] == str(ray_out / os.path.basename(r["input"])) for r in rows)
+    assert not [p for p in ray_out.iterdir() if p.name.startswith(".")]
+
+
+def test_bad_files_are_in_the_manifest_with_their_error_and_the_rest_written(mixed_job):
+    status, good, bad, out = mixed_job
+    assert status == 1
+    assert images_in(out) == images_in(good)
+    rows = manifest(out)
+    assert len(rows) == 8  # one per input, good or bad
+    errors = {os.path.basename(r["input"]): r["error"] for r in rows if r["status"] == "failed"}
     assert set(errors) == {"notimage.png", "empty.png", "truncated.png"}
     assert "not an image" in errors["notimage.png"] and "0 bytes" in errors["empty.png"]
-    assert errors["truncated.png"].startswith(f"{src / 'truncated.png'}: ")
+    assert errors["truncated.png"].startswith(f"{bad / 'truncated.png'}: ")
 
 
 def test_a_killed_worker_is_retried_and_every_output_is_written_once(upscale, local_ray, tmp_path):
@@ -112,7 +129,9 @@ def test_a_killed_worker_is_retried_and_every_output_is_written_once(upscale, lo
 def test_a_second_run_processes_only_the_missing_images(upscale, tmp_path, capsys):
     src = make_inputs(tmp_path / "in", 3)
     out = tmp_path / "out"
-    assert upscale(str(src / "im0.png"), str(src / "im2.png"), "-o", str(out)) == 0  # a partial first run
+    # a partial first run; the engines name outputs alike (see the pixel-identity test), so the local
+    # one stands in for an interrupted Ray job without starting a second model replica
+    assert upscale(str(src / "im0.png"), str(src / "im2.png"), "-o", str(out), engine="local") == 0
     kept = {name: (out / name).stat().st_mtime_ns for name in ("im0.png", "im2.png")}
     capsys.readouterr()
     assert upscale(str(src), "-o", str(out)) == 0
