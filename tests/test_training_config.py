@@ -35,6 +35,14 @@ pytestmark = pytest.mark.usefixtures("single_thread")
     ({"data": {"degradation": {"jpeg_rnage": [30, 95]}}}, "data.degradation:"),
     ({"loss": {"t_min": 980, "t_max": 20}}, "loss.t_min/t_max"),
     ({"model": {"rank_vae": 0}}, "model.rank_*"),
+    ({"prompts": {"ram_options": {"ram_pth": "r.pth"}}},
+     "unknown key 'prompts.ram_options.ram_pth' (did you mean 'ram_path'?)"),
+    ({"prompts": {"ram_options": {"ram": "r.pth"}}}, "unknown key 'prompts.ram_options.ram'; known keys: ram_path, "),
+    ({"prompts": {"ram_options": {"batch_size": "8"}}}, "prompts.ram_options.batch_size: expected an integer, got '8'"),
+    ({"prompts": {"ram_options": {"ram_path": 3}}}, "prompts.ram_options.ram_path: expected a string, got 3"),
+    ({"prompts": {"ram_options": {"bare": False}}}, "prompts.ram_options.bare: set by training"),
+    ({"prompts": {"ram_options": {"thresholds_path": "t.txt"}}},
+     "prompts.ram_options.thresholds_path: not read in training; put ram_tag_list_threshold.txt beside"),
 ])
 def test_bad_values_are_named(raw, message):
     with pytest.raises(ConfigError) as err:
@@ -131,7 +139,7 @@ def test_train_keeps_the_traceback_of_errors_that_are_bugs(tmp_path, tiny_base_d
     (tmp_path / "hq").mkdir()
     _png(tmp_path / "hq" / "1.png", 16, 10)
     config = tmp_path / "train.yaml"
-    config.write_text(f"data: {{sources: [hq]}}\nmodel: {{base: '{tiny_base_dir}'}}\n")
+    config.write_text(f"data: {{sources: [hq]}}\nprompts: {{source: none}}\nmodel: {{base: '{tiny_base_dir}'}}\n")
     with pytest.raises(ValueError, match="a bug deep inside"):  # not printed as if the user had erred
         main(["train", "--config", str(config)])
 

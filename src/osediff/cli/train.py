@@ -49,14 +49,16 @@ def run(args: argparse.Namespace) -> int:
                                "(--resume latest found none)")
 
     from ..training.data import TrainingDataError, build_dataset
-    from ..training.loop import Trainer, resolve_training_base
+    from ..training.loop import Trainer, resolve_training_base, resolve_training_prompts
 
     try:
         dataset = None if args.export_only else build_dataset(config.data, config.prompts, config.run.seed)
     except TrainingDataError as err:
         raise TrainingDataError(f"--config {args.config}: {err}") from None
     resolve_training_base(config.model.base)  # found (or fetched) now; the Trainer then finds it locally
-    trainer = Trainer(config)
+    # the RAM tagger's files likewise (an export tags nothing)
+    prompt_options = {} if args.export_only else resolve_training_prompts(config.prompts)
+    trainer = Trainer(config, prompt_options=prompt_options)
     trainer.resume(args.resume, weights_only=args.export_only)
     paths = trainer.export() if args.export_only else trainer.fit(dataset=dataset).exported
     for path in paths:

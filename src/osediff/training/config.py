@@ -9,11 +9,13 @@ batch 4 with 4 accumulation steps, fp16, gradient clipping at 1.0.
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from ..typed_config import ConfigError, build
+from ..typed_config import ConfigError, build, coerce
 
 if TYPE_CHECKING:
     from ..degradation import CodeFormerConfig, DegradationConfig
@@ -70,7 +72,9 @@ class PromptConfig:
     # object mapping image path -> caption) when given
     caption_ext: str = ".txt"
     cache: str | None = None
-    ram_options: dict[str, Any] = field(default_factory=dict)  # passed to the ``ram`` extractor
+    # keyword arguments of the ``ram`` extractor: ram_path, tags_path, device, dtype, batch_size,
+    # local_files_only; the files are found before any model loads
+    ram_options: dict[str, Any] = field(default_factory=dict)
     negative: str = DEFAULT_NEGATIVE_PROMPT
 
 
@@ -201,6 +205,7 @@ class TrainConfig:
         for ok, key, message in checks:
             if not ok:
                 raise ConfigError(f"{key}: {message}")
+        self.prompts.ram_options = check_ram_options(self.prompts.ram_options)
         self.degradation_config()
 
     def degradation_config(self) -> DegradationConfig | CodeFormerConfig:
@@ -224,6 +229,44 @@ class TrainConfig:
         self.data.validation = [absolute(p) for p in self.data.validation]
         if self.prompts.cache:
             self.prompts.cache = absolute(self.prompts.cache)
+        for key in _RAM_FILE_OPTIONS:  # local paths only: hf:// and URLs stay as they are
+            spec = self.prompts.ram_options.get(key)
+            if spec is not None and "://" not in spec:
+                self.prompts.ram_options[key] = absolute(spec)
+
+
+_RAM_FILE_OPTIONS = ("ram_path", "tags_path")
+# keyword arguments of the ``ram`` factory that a training config may not set
+_RAM_OPTIONS_REFUSED = {
+    "bare": "set by training (it prompts with the tags alone, as the authors did)",
+    # the file resolver training shares with inference takes the tag list only
+    "thresholds_path": "not read in training; put ram_tag_list_threshold.txt beside the tag list given as "
+                       "prompts.ram_options.tags_path",
+}
+
+
+def check_ram_options(options: dict[str, Any]) -> dict[str, Any]:
+    """``prompts.ram_options`` checked against the ``ram`` factory's keyword arguments and their types."""
+    if not options:
+        return options
+    import inspect
+    import typing
+
+    from ..prompts.dape import create_plain_ram_extractor
+
+    hints = typing.get_type_hints(create_plain_ram_extractor)
+    names = [n for n in inspect.signature(create_plain_ram_extractor).parameters if n not in _RAM_OPTIONS_REFUSED]
+    checked = {}
+    for key, value in options.items():
+        path = f"prompts.ram_options.{key}"
+        if key in _RAM_OPTIONS_REFUSED:
+            raise ConfigError(f"{path}: {_RAM_OPTIONS_REFUSED[key]}")
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else f"; known keys: {', '.join(names)}"
+            raise ConfigError(f"unknown key {path!r}{hint}")
+        checked[key] = coerce(hints[key], os.fspath(value) if isinstance(value, os.PathLike) else value, path)
+    return checked
 
 
 def _expand_shorthands(raw: Any) -> Any:

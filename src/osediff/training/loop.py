@@ -13,19 +13,20 @@ import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from .checkpointing import load_checkpoint, resolve_resume, save_checkpoint
-from .config import RunConfig, TrainConfig
+from .config import PromptConfig, RunConfig, TrainConfig
 from .data import HQDataset, build_dataset, load_validation_images, make_loader
 from .model import Generator, Regulariser, cast_frozen
 from .outputs import export_generator, save_strip
 from .step import GeneratorStep, critic_loss, generator_losses, model_inputs
 
 if TYPE_CHECKING:
+    from ..checkpoint.hub import Option
     from ..components import BaseComponents
 
 VALIDATION_STREAM = 1000  # generator streams 0/1 are a training step's degradation / model draws
@@ -89,13 +90,19 @@ def _accelerator_available() -> bool:
 
 
 class Trainer:
-    """Holds the models, optimisers and data of one run; ``fit`` trains, ``export`` writes weights."""
+    """Holds the models, optimisers and data of one run; ``fit`` trains, ``export`` writes weights.
 
-    def __init__(self, config: TrainConfig, components: BaseComponents | None = None) -> None:
+    ``prompt_options`` are the ``ram`` extractor's arguments from :func:`resolve_training_prompts`;
+    without them the RAM files are found here, before any model loads.
+    """
+
+    def __init__(self, config: TrainConfig, components: BaseComponents | None = None,
+                 prompt_options: dict[str, Any] | None = None) -> None:
         from accelerate import Accelerator, DistributedDataParallelKwargs
         from accelerate.utils import ProjectConfiguration, set_seed
 
         self.config = cfg = config
+        self.prompt_options = resolve_training_prompts(cfg.prompts) if prompt_options is None else prompt_options
         out = Path(cfg.run.output_dir)
         self.accelerator = acc = Accelerator(
             gradient_accumulation_steps=cfg.run.gradient_accumulation, mixed_precision=training_precision(cfg.run),
@@ -203,7 +210,7 @@ class Trainer:
             from ..prompts import create_prompt_extractor
 
             # bare: the tags alone, the authors' training prompt (no user-prompt tail)
-            options = {"device": str(self.accelerator.device), "bare": True, **self.config.prompts.ram_options}
+            options = {"device": str(self.accelerator.device), "bare": True, **self.prompt_options}
             self.prompt_extractor = create_prompt_extractor("ram", **options)
         from PIL import Image
 
@@ -337,6 +344,40 @@ def resolve_training_base(base: str | None) -> Path:
         raise ModelNotFoundError(err.reason, option) from None
 
 
+def resolve_training_prompts(prompts: PromptConfig) -> dict[str, Any]:
+    """With ``prompts.source: ram``, the ``ram`` extractor's arguments with its files as local paths.
+
+    Found as ``model.base`` is (the cache, then the network unless offline or
+    ``ram_options.local_files_only``); a miss is one ModelNotFoundError naming the config keys.
+    ``{}`` for the other sources.
+    """
+    from ..checkpoint.hub import ModelNotFoundError
+    from ..prompts import resolve_extractor_files
+
+    if prompts.source != "ram":
+        return {}
+    options = prompts.ram_options
+    try:
+        files = resolve_extractor_files("ram", ram=options.get("ram_path"), ram_tags=options.get("tags_path"),
+                                        local_files_only=options.get("local_files_only", False))
+    except ModelNotFoundError as err:
+        raise ModelNotFoundError(err.reason, _ram_option(err.option)) from None
+    return {**options, **files, "local_files_only": True}
+
+
+_RAM_KEYS = {"ram_path": "ram_swin_large_14m.pth",
+             "tags_path": "a folder with ram_tag_list.txt and ram_tag_list_threshold.txt"}
+
+
+def _ram_option(option: Option | None) -> Option:
+    """The config keys for the files an inference option names (its arguments are ``ram_path=<...>``, ...)."""
+    from ..checkpoint.hub import Option
+
+    keys = [k for k in _RAM_KEYS if option is not None and f"{k}=" in option.argument] or list(_RAM_KEYS)
+    named = " and ".join(f"prompts.ram_options.{k} ({_RAM_KEYS[k]})" for k in keys)
+    return Option(f"{named} in the training config", f"{named} in the --config file")
+
+
 def _flat(tree: dict, prefix: str = "") -> dict[str, int | float | str | bool]:
     """TensorBoard's hparams take scalars only: flatten nested sections, stringify the rest."""
     flat: dict[str, int | float | str | bool] = {}
@@ -353,9 +394,9 @@ def train(config: TrainConfig, resume: str | None = None, max_steps: int | None 
           components: BaseComponents | None = None, progress: bool = True) -> TrainResult:
     """Build a :class:`Trainer`, resume if asked, train to ``max_steps`` and export the generator.
 
-    The data sources and the resume checkpoint are checked before any model loads."""
+    The data sources, the resume checkpoint and the RAM tagger's files are checked before any model loads."""
     dataset = build_dataset(config.data, config.prompts, config.run.seed)
     resolve_resume(resume, config.run.output_dir)
-    trainer = Trainer(config, components)
+    trainer = Trainer(config, components, resolve_training_prompts(config.prompts))
     trainer.resume(resume)
     return trainer.fit(max_steps, progress, dataset)
