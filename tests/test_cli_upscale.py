@@ -26,8 +26,10 @@ def cli(tiny_base_dir, tiny_pkl):
     return invoke
 
 
-def test_console_script_on_three_realsr_images(realsr_lr, tiny_base_dir, tiny_pkl, tmp_path):
-    names = sorted(os.listdir(realsr_lr))[:3]
+def test_console_script_on_a_realsr_image(realsr_lr, tiny_base_dir, tiny_pkl, tmp_path):
+    # one image: the subprocess is here for the installed entry point; batches of many images are
+    # covered in-process below (each 128->512 image costs several seconds even with the tiny model)
+    names = sorted(os.listdir(realsr_lr))[:1]
     out = tmp_path / "out"
     exe = shutil.which("osediff", path=os.path.dirname(sys.executable))
     proc = subprocess.run(
@@ -37,7 +39,7 @@ def test_console_script_on_three_realsr_images(realsr_lr, tiny_base_dir, tiny_pk
         capture_output=True, text=True, timeout=600,
     )
     assert proc.returncode == 0, proc.stderr
-    assert "3 written" in proc.stdout and "0 failed" in proc.stdout
+    assert "1 written" in proc.stdout and "0 failed" in proc.stdout
     for name in names:
         with Image.open(out / name) as img:
             assert img.size == (512, 512)
