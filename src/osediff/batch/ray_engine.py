@@ -4,8 +4,8 @@ Decoding runs in CPU tasks; a pool of actors, one model replica each (one per GP
 ``cpus_per_replica`` CPUs on clusters without GPUs), runs prompts, the model and the atomic writes
 with the same output names as the single-process runner. A replica that dies is restarted and its
 batch retried by Ray (bounded by ``max_restarts``). Every input gets one manifest row (input,
-output, status, error, prompt, seconds); a re-run skips inputs whose output exists, so the same
-command resumes an interrupted job.
+output, status, error, prompt, seconds), rewritten as the job runs; a re-run skips inputs whose
+output exists, so the same command resumes an interrupted job.
 """
 
 from __future__ import annotations
@@ -19,9 +19,10 @@ import tempfile
 import time
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 
 from ..errors import OSEDiffError
-from ..images import ImageLoadError, LoadedImage, load_image, write_text_atomic
+from ..images import ImageLoadError, LoadedImage, load_image
 from .config import BatchConfig, BatchConfigError, is_uri, output_clashes, output_name, validate
 from .runner import FAILED, SKIPPED, BatchSummary, ImageRecord, RecordHook, upscale_loaded
 from .storage import Folder, collect_any, read_bytes
@@ -30,6 +31,7 @@ MANIFEST_NAME = "manifest.jsonl"
 # test hook: while this file exists, the first replica batch to rename it away kills its worker
 FAULT_ENV = "OSEDIFF_RAY_FAULT_FILE"
 CONNECT_TIMEOUT_S = 5.0
+MANIFEST_INTERVAL_S = 30.0
 
 
 class RayEngineError(OSEDiffError):
@@ -40,6 +42,7 @@ class RayEngineError(OSEDiffError):
 class RayOptions:
     address: str | None = None  # None: a local Ray instance; "auto": the one `ray start` runs here
     manifest: str | None = None  # default: OUTPUT/manifest.jsonl
+    manifest_every_s: float = MANIFEST_INTERVAL_S  # how often it is rewritten while the job runs
     cpus_per_replica: int = 8  # clusters without GPUs
     replicas: int | None = None  # default: one per GPU, else as many as the CPUs allow
     max_restarts: int = 3  # per replica; a dead replica's batch is retried as often
@@ -118,7 +121,14 @@ def run_ray(config: BatchConfig, options: RayOptions, on_record: RecordHook | No
     if not inputs:
         raise BatchConfigError("no input images found")
     out = Folder(config.output)
-    summary = BatchSummary(str(config.output), on_record=on_record)
+    manifest = Manifest(options.manifest or out.path(MANIFEST_NAME), options.manifest_every_s)
+
+    def on_each(record: ImageRecord) -> None:
+        if on_record is not None:
+            on_record(record)
+        manifest.update(summary.records)
+
+    summary = BatchSummary(str(config.output), on_record=on_each)
     record = summary.add
 
     clashes = output_clashes(inputs, config.format)
@@ -139,7 +149,7 @@ def run_ray(config: BatchConfig, options: RayOptions, on_record: RecordHook | No
             _stream(config, options, todo, record)
     finally:
         summary.seconds = time.perf_counter() - started
-        write_manifest(summary, options.manifest or out.path(MANIFEST_NAME))
+        manifest.write(summary.records)
         if started_here:
             import_ray().shutdown()
     return summary
@@ -256,14 +266,31 @@ def _maybe_die() -> None:
     os._exit(1)
 
 
-def write_manifest(summary: BatchSummary, location: str) -> None:
-    """One JSON line per input, written whole (atomically) at the end of the run."""
-    text = "".join(json.dumps(rec.as_dict(), ensure_ascii=False) + "\n" for rec in summary.records)
-    if is_uri(location):
-        parent, _, name = location.rstrip("/").rpartition("/")
-        Folder(parent).write_bytes(name, text.encode("utf-8"))
-    else:
-        write_text_atomic(text, location)
+class Manifest:
+    """The run's JSONL manifest, one row per input, rewritten whole as records arrive.
+
+    Each write replaces the file at once (a rename locally, one object upload remotely), at most
+    every ``interval`` seconds and at the end, so a driver killed mid-run leaves the rows up to its
+    last write instead of nothing, and a reader never sees half a file.
+    """
+
+    def __init__(self, location: str, interval: float = MANIFEST_INTERVAL_S) -> None:
+        if is_uri(location):
+            parent, _, self.name = location.rstrip("/").rpartition("/")
+        else:
+            parent, self.name = str(Path(location).parent), Path(location).name
+        self.folder = Folder(parent)
+        self.interval = interval
+        self._written_at = time.monotonic()
+
+    def update(self, records: list[ImageRecord]) -> None:
+        if time.monotonic() - self._written_at >= self.interval:
+            self.write(records)
+
+    def write(self, records: list[ImageRecord]) -> None:
+        self.folder.write_text(self.name, "".join(json.dumps(rec.as_dict(), ensure_ascii=False) + "\n"
+                                                  for rec in records))
+        self._written_at = time.monotonic()
 
 
 def run_on_ray(config: BatchConfig, options: RayOptions) -> int:
