@@ -15,7 +15,11 @@ from osediff.testing import build_base, random_weights, save_base
 REPO_ROOT = Path(__file__).resolve().parents[1]
 REALSR = REPO_ROOT.parent / "shared" / "benchmarks" / "realsr"
 
-torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+# One thread for the whole suite: tiny models and metrics on ~512 px images are many small ops, and
+# on the shared 2-core machine a second thread turns each into a wait for a busy core (measured:
+# tests/test_evaluation.py 323 s on two threads, 63 s on one). Tests that compare against a one-CPU
+# replica or subprocess still ask for ``single_thread``, so they hold if this changes.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")
@@ -77,7 +81,8 @@ def realsr_lr() -> Path:
 
 @pytest.fixture(scope="module")
 def single_thread():
-    """Tiny models: one thread is faster, and far faster when other jobs share the cores."""
+    """One thread, as in a one-CPU replica or a subprocess with ``OMP_NUM_THREADS=1`` (the suite's
+    default too, see above; asked for where a result must match such a process bit for bit)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

@@ -37,6 +37,7 @@ def test_console_script_on_a_realsr_image(realsr_lr, tiny_base_dir, tiny_pkl, tm
          "--weights", str(tiny_pkl), "--device", "cpu", "--prompt", "a photo", "--save-prompts",
          "--prompt-extractor", "text"],
         capture_output=True, text=True, timeout=600,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},  # one thread, as the suite runs torch (see conftest.py)
     )
     assert proc.returncode == 0, proc.stderr
     assert "1 written" in proc.stdout and "0 failed" in proc.stdout

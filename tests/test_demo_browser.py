@@ -66,7 +66,8 @@ def demo_url(tiny_base_dir, tiny_pkl, tmp_path_factory):
     work = tmp_path_factory.mktemp("demo")
     port = _free_port()
     examples = ["--examples", str(REALSR / "lr")] if (REALSR / "lr").is_dir() else ["--no-examples"]
-    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "GRADIO_TEMP_DIR": str(work / "gradio")}
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "GRADIO_TEMP_DIR": str(work / "gradio"),
+           "OMP_NUM_THREADS": "1"}  # one thread, as the suite runs torch (see conftest.py)
     log = work / "server.log"
     with log.open("w") as sink:
         proc = subprocess.Popen(
