@@ -42,9 +42,7 @@ def build(target: type[T] | T, raw: Any, where: str = "") -> T:
     for key, value in raw.items():
         path = f"{where}.{key}" if where else str(key)
         if key not in names:
-            close = difflib.get_close_matches(str(key), names, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else f"; known keys: {', '.join(names)}"
-            raise ConfigError(f"unknown key {path!r}{hint}")
+            raise unknown_key(key, path, names)
         current = None if isinstance(target, type) else getattr(target, key)
         if dataclasses.is_dataclass(current):
             kwargs[key] = build(current, value, path)
@@ -58,6 +56,13 @@ def build(target: type[T] | T, raw: Any, where: str = "") -> T:
                        and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
             raise ConfigError(f"{where or 'config'}: missing key(s) {', '.join(missing)}") from None
     return dataclasses.replace(target, **kwargs)
+
+
+def unknown_key(key: Any, path: str, known: list[str]) -> ConfigError:
+    """The error for ``key`` (at ``path``) not in ``known``: the closest known key (a typo) or all of them."""
+    close = difflib.get_close_matches(str(key), known, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else f"; known keys: {', '.join(known)}"
+    return ConfigError(f"unknown key {path!r}{hint}")
 
 
 def coerce(hint: Any, value: Any, path: str) -> Any:

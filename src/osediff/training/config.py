@@ -9,13 +9,12 @@ batch 4 with 4 accumulation steps, fp16, gradient clipping at 1.0.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from ..typed_config import ConfigError, build, coerce
+from ..typed_config import ConfigError, build, coerce, unknown_key
 
 if TYPE_CHECKING:
     from ..degradation import CodeFormerConfig, DegradationConfig
@@ -262,9 +261,7 @@ def check_ram_options(options: dict[str, Any]) -> dict[str, Any]:
         if key in _RAM_OPTIONS_REFUSED:
             raise ConfigError(f"{path}: {_RAM_OPTIONS_REFUSED[key]}")
         if key not in names:
-            close = difflib.get_close_matches(str(key), names, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else f"; known keys: {', '.join(names)}"
-            raise ConfigError(f"unknown key {path!r}{hint}")
+            raise unknown_key(key, path, names)
         checked[key] = coerce(hints[key], os.fspath(value) if isinstance(value, os.PathLike) else value, path)
     return checked
 
