@@ -28,7 +28,6 @@ class TrainOptionError(OSEDiffError, ValueError):
 
 def run(args: argparse.Namespace) -> int:
     """Every user error is an OSEDiffError for the CLI's one handler, raised before any model loads."""
-    from ..training.checkpointing import resolve_resume
     from ..training.config import ConfigError, TrainConfig
 
     if args.max_steps is not None and args.max_steps < 1:
@@ -43,24 +42,18 @@ def run(args: argparse.Namespace) -> int:
         config.run.output_dir = args.output_dir
     if args.max_steps is not None:
         config.run.max_steps = args.max_steps
-    checkpoint = resolve_resume(args.resume, config.run.output_dir)
-    if args.export_only and checkpoint is None:
-        raise TrainOptionError(f"--export-only: no checkpoint to export in {config.run.output_dir} "
-                               "(--resume latest found none)")
 
-    from ..training.data import TrainingDataError, build_dataset
-    from ..training.loop import Trainer, resolve_training_base, resolve_training_prompts
+    from ..training.data import TrainingDataError
+    from ..training.files import find_run_inputs
+    from ..training.loop import Trainer
 
     try:
-        dataset = None if args.export_only else build_dataset(config.data, config.prompts, config.run.seed)
+        inputs = find_run_inputs(config, args.resume, export_only=args.export_only)
     except TrainingDataError as err:
         raise TrainingDataError(f"--config {args.config}: {err}") from None
-    resolve_training_base(config.model.base)  # found (or fetched) now; the Trainer then finds it locally
-    # the RAM tagger's files likewise (an export tags nothing)
-    prompt_options = {} if args.export_only else resolve_training_prompts(config.prompts)
-    trainer = Trainer(config, prompt_options=prompt_options)
+    trainer = Trainer(config, prompt_options=inputs.prompt_options)
     trainer.resume(args.resume, weights_only=args.export_only)
-    paths = trainer.export() if args.export_only else trainer.fit(dataset=dataset).exported
+    paths = trainer.export() if args.export_only else trainer.fit(dataset=inputs.dataset).exported
     for path in paths:
         print(f"wrote {path}")
     return 0

@@ -19,14 +19,14 @@ import numpy as np
 import torch
 
 from .checkpointing import load_checkpoint, resolve_resume, save_checkpoint
-from .config import PromptConfig, RunConfig, TrainConfig
+from .config import RunConfig, TrainConfig
 from .data import HQDataset, build_dataset, load_validation_images, make_loader
+from .files import find_run_inputs, resolve_training_base, resolve_training_prompts
 from .model import Generator, Regulariser, cast_frozen
 from .outputs import export_generator, save_strip
 from .step import GeneratorStep, critic_loss, generator_losses, model_inputs
 
 if TYPE_CHECKING:
-    from ..checkpoint.hub import Option
     from ..components import BaseComponents
 
 VALIDATION_STREAM = 1000  # generator streams 0/1 are a training step's degradation / model draws
@@ -332,52 +332,6 @@ class Trainer:
         return path
 
 
-def resolve_training_base(base: str | None) -> Path:
-    """The local SD-2.1-base folder of ``model.base``; a miss names that key, not inference's --base."""
-    from ..checkpoint.hub import ModelNotFoundError, Option, resolve_base
-
-    try:
-        return resolve_base(base)
-    except ModelNotFoundError as err:
-        option = Option("model.base (a diffusers folder or hub id) in the training config",
-                        "model.base (a diffusers folder or hub id) in the --config file")
-        raise ModelNotFoundError(err.reason, option) from None
-
-
-def resolve_training_prompts(prompts: PromptConfig) -> dict[str, Any]:
-    """With ``prompts.source: ram``, the ``ram`` extractor's arguments with its files as local paths.
-
-    Found as ``model.base`` is (the cache, then the network unless offline or
-    ``ram_options.local_files_only``); a miss is one ModelNotFoundError naming the config keys.
-    ``{}`` for the other sources.
-    """
-    from ..checkpoint.hub import ModelNotFoundError
-    from ..prompts import resolve_extractor_files
-
-    if prompts.source != "ram":
-        return {}
-    options = prompts.ram_options
-    try:
-        files = resolve_extractor_files("ram", ram=options.get("ram_path"), ram_tags=options.get("tags_path"),
-                                        local_files_only=options.get("local_files_only", False))
-    except ModelNotFoundError as err:
-        raise ModelNotFoundError(err.reason, _ram_option(err.option)) from None
-    return {**options, **files, "local_files_only": True}
-
-
-_RAM_KEYS = {"ram_path": "ram_swin_large_14m.pth",
-             "tags_path": "a folder with ram_tag_list.txt and ram_tag_list_threshold.txt"}
-
-
-def _ram_option(option: Option | None) -> Option:
-    """The config keys for the files an inference option names (its arguments are ``ram_path=<...>``, ...)."""
-    from ..checkpoint.hub import Option
-
-    keys = [k for k in _RAM_KEYS if option is not None and f"{k}=" in option.argument] or list(_RAM_KEYS)
-    named = " and ".join(f"prompts.ram_options.{k} ({_RAM_KEYS[k]})" for k in keys)
-    return Option(f"{named} in the training config", f"{named} in the --config file")
-
-
 def _flat(tree: dict, prefix: str = "") -> dict[str, int | float | str | bool]:
     """TensorBoard's hparams take scalars only: flatten nested sections, stringify the rest."""
     flat: dict[str, int | float | str | bool] = {}
@@ -394,9 +348,9 @@ def train(config: TrainConfig, resume: str | None = None, max_steps: int | None 
           components: BaseComponents | None = None, progress: bool = True) -> TrainResult:
     """Build a :class:`Trainer`, resume if asked, train to ``max_steps`` and export the generator.
 
-    The data sources, the resume checkpoint and the RAM tagger's files are checked before any model loads."""
-    dataset = build_dataset(config.data, config.prompts, config.run.seed)
-    resolve_resume(resume, config.run.output_dir)
-    trainer = Trainer(config, components, resolve_training_prompts(config.prompts))
+    Every file the run reads is found first (:func:`~osediff.training.files.find_run_inputs`)."""
+    # model.base is found by the Trainer itself, before it loads anything (unless given components)
+    inputs = find_run_inputs(config, resume, need_base=False)
+    trainer = Trainer(config, components, inputs.prompt_options)
     trainer.resume(resume)
-    return trainer.fit(max_steps, progress, dataset)
+    return trainer.fit(max_steps, progress, inputs.dataset)
