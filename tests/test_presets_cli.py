@@ -50,3 +50,34 @@ def test_resolve_weights_tries_the_presets_published_file_and_names_the_flag(mon
     with pytest.raises(ModelNotFoundError):
         resolve_weights(None)
     assert tried[-1] == (PRESETS["osediff"].weights, PRESETS["osediff"].weights_mirrors, False)
+
+
+def test_served_requests_default_to_the_presets_factor_and_alignment(tiny_base_dir, tiny_pkl):
+    from osediff.cli.options import limits_from_args
+    from osediff.cli.serve import build_config
+    from osediff.serve.limits import parse_params
+
+    argv = ["serve", "--base", str(tiny_base_dir), "--weights", str(tiny_pkl), "--offline"]
+    for preset, expected in (("face", (1.0, "none")), ("osediff", (4.0, "adain"))):
+        args = build_parser().parse_args([*argv, "--preset", preset])
+        config = build_config(args, limits_from_args(args))
+        params = parse_params({}, config.extractors, config.limits, config.defaults)
+        assert (params.upscale, params.align, params.prompt_extractor) == (*expected, "text")
+        asked = parse_params({"upscale": "2", "align": "wavelet"}, config.extractors, config.limits, config.defaults)
+        assert (asked.upscale, asked.align) == (2.0, "wavelet")  # what the request says wins
+
+
+def test_demo_controls_start_at_the_given_defaults(tiny_components):
+    gr = pytest.importorskip("gradio")
+    from osediff.app.demo import build_demo
+    from osediff.app.service import DemoSettings, UpscaleService
+    from osediff.pipeline import OSEDiffPipeline
+
+    service = UpscaleService(OSEDiffPipeline(tiny_components))
+    try:
+        demo = build_demo(None, service=service, defaults=DemoSettings(upscale=1.0, align="none", tile_px=512))
+        values = {block.elem_id: block.value for block in demo.blocks.values()
+                  if isinstance(block, gr.components.Component) and getattr(block, "elem_id", None)}
+        assert (values["upscale"], values["align"], values["tile"], values["extractor"]) == (1.0, "none", 512, "text")
+    finally:
+        service.close()

@@ -107,12 +107,15 @@ def _style_kwargs(target: Callable[..., Any]) -> dict[str, Any]:
 def build_demo(pipe: OSEDiffPipeline | Callable[[], OSEDiffPipeline] | None,
                examples_dir: str | os.PathLike | None = None, *,
                limits: RequestLimits = DEMO_LIMITS, service: UpscaleService | None = None,
-               extractor_kwargs: dict[str, Any] | None = None, default_extractor: str = "text") -> gr.Blocks:
+               extractor_kwargs: dict[str, Any] | None = None,
+               defaults: DemoSettings | None = None) -> gr.Blocks:
     """The page around one pipeline, loaded here once if a factory is given. Call ``.queue()``/``.launch()`` on it.
 
     ``limits`` caps each request; ``service`` (which has its own limits) replaces the whole
-    request path (tests use it to count calls).
+    request path (tests use it to count calls). ``defaults`` are the controls' first values (the
+    CLI passes the preset's factor and alignment).
     """
+    defaults = defaults or DemoSettings()
     if service is None:
         if pipe is None:
             raise ValueError("build_demo needs a pipeline, a pipeline factory or a service")
@@ -122,8 +125,8 @@ def build_demo(pipe: OSEDiffPipeline | Callable[[], OSEDiffPipeline] | None,
     examples = ExampleLibrary.from_folder(examples_dir)
     handlers = DemoHandlers(service, examples)
     extractors = service.extractor_names
-    if default_extractor not in extractors:
-        raise ValueError(f"unknown prompt extractor {default_extractor!r}; available: {', '.join(extractors)}")
+    if defaults.extractor not in extractors:
+        raise ValueError(f"unknown prompt extractor {defaults.extractor!r}; available: {', '.join(extractors)}")
 
     with gr.Blocks(title="OSEDiff demo", analytics_enabled=False, delete_cache=(3600, 3600),
                    **_style_kwargs(gr.Blocks.__init__)) as demo:
@@ -136,17 +139,17 @@ def build_demo(pipe: OSEDiffPipeline | Callable[[], OSEDiffPipeline] | None,
                     example = gr.Dropdown(examples.names, value=None, label=f"…or an example ({len(examples)})",
                                           elem_id="example", allow_custom_value=False)
                     example.input(handlers.pick_example, inputs=example, outputs=source, api_name=False)
-                upscale = gr.Slider(1, limits.max_upscale, value=4, step=0.5, label="Upscale factor",
+                upscale = gr.Slider(1, limits.max_upscale, value=defaults.upscale, step=0.5, label="Upscale factor",
                                     elem_id="upscale")
                 prompt = gr.Textbox(label="Prompt", placeholder="optional, e.g. 'a sharp photo of a building'",
                                     elem_id="prompt")
                 missing = f"; not available here: {', '.join(sorted(service.unavailable))}" if service.unavailable \
                     else ""
-                extractor = gr.Dropdown(extractors, value=default_extractor, label="Prompt extractor",
+                extractor = gr.Dropdown(extractors, value=defaults.extractor, label="Prompt extractor",
                                         info=f"text = the prompt above only; dape/ram tag the image{missing}",
                                         elem_id="extractor")
-                align = gr.Radio(list(ALIGN_METHODS), value="adain", label="Colour alignment", elem_id="align")
-                tile = gr.Dropdown([("off", 0), *((f"{t} px", t) for t in TILE_CHOICES[1:])], value=768,
+                align = gr.Radio(list(ALIGN_METHODS), value=defaults.align, label="Colour alignment", elem_id="align")
+                tile = gr.Dropdown([("off", 0), *((f"{t} px", t) for t in TILE_CHOICES[1:])], value=defaults.tile_px,
                                    label="UNet tile size", info="smaller tiles use less memory", elem_id="tile")
                 run = gr.Button("Upscale", variant="primary", elem_id="run")
                 gr.Markdown(f"Limits: {limits.max_bytes // (1024 * 1024)} MB and {limits.max_pixels:,} pixels per "

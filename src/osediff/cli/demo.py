@@ -48,11 +48,11 @@ def run(args: argparse.Namespace) -> int:
         return 2
     from ..app.demo import build_demo, launch_demo
     from ..app.examples import default_examples_dir
-    from ..app.service import UpscaleService, resolve_extractors
+    from ..app.service import DemoSettings, UpscaleService, resolve_extractors
     from ..device import pick_device, pick_dtype
     from ..errors import OSEDiffError
     from ..pipeline import OSEDiffPipeline
-    from ..presets import resolve_weights
+    from ..presets import get_preset, resolve_weights
 
     examples = None if args.no_examples else (args.examples or default_examples_dir())
     if examples is not None and not Path(examples).is_dir():
@@ -76,7 +76,9 @@ def run(args: argparse.Namespace) -> int:
     # a plain `kill` (SIGTERM) ends the process like Ctrl-C, so the output folder is removed
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
-        demo = build_demo(None, examples, service=service, default_extractor=args.prompt_extractor)
+        preset = get_preset(args.preset)
+        defaults = DemoSettings(upscale=preset.upscale, align=preset.align, extractor=args.prompt_extractor)
+        demo = build_demo(None, examples, service=service, defaults=defaults)
         print(f"model on {device} ({dtype}); examples: {examples or 'none'}", flush=True)
         launch_demo(demo, host=args.host, port=args.port, share=args.share, concurrency=args.concurrency,
                     queue_size=args.queue_size, max_file_size=limits.max_bytes)

@@ -89,9 +89,11 @@ def build_config(args: argparse.Namespace, limits: RequestLimits):
     from ..presets import get_preset, resolve_weights
     from ..prompts import extractor_needs_model, resolve_extractor_files
     from ..serve.engine import ALWAYS_LOADED, ServeConfig, file_sha256
+    from ..serve.limits import UpscaleParams
 
     base = resolve_base(args.base, local_files_only=args.offline)
-    spec = args.weights or get_preset(args.preset).weights
+    preset = get_preset(args.preset)
+    spec = args.weights or preset.weights
     weights = resolve_weights(spec, local_files_only=args.offline)
     chosen = args.prompt_extractor or ["text"]
     extractors = tuple(dict.fromkeys([*chosen, *ALWAYS_LOADED]))
@@ -102,7 +104,8 @@ def build_config(args: argparse.Namespace, limits: RequestLimits):
     cpus = max(1, int(args.replica_cpus))
     return ServeConfig(
         base=str(base), weights=str(weights), device=args.device, dtype=args.dtype, decoder_dtype=args.decoder_dtype,
-        extractors=extractors, default_extractor=chosen[0], extractor_files=files,
+        extractors=extractors, extractor_files=files,
+        defaults=UpscaleParams(upscale=preset.upscale, align=preset.align, prompt_extractor=chosen[0]),
         limits=limits,
         max_batch_size=args.max_batch_size, batch_wait_s=args.batch_wait_ms / 1000,
         api_key_sha256=hashlib.sha256(api_key.encode()).hexdigest() if api_key else None,

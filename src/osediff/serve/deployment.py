@@ -161,7 +161,8 @@ class OSEDiffServer:
             "device": self.engine.device,
             "dtype": self.engine.dtype,
             "prompt_extractors": list(c.extractors),
-            "default_prompt_extractor": c.default_extractor,
+            "default_prompt_extractor": c.defaults.prompt_extractor,
+            "defaults": {"upscale": c.defaults.upscale, "align": c.defaults.align},
             "limits": dataclasses.asdict(c.limits),
             "batching": {"max_batch_size": c.max_batch_size, "batch_wait_ms": round(c.batch_wait_s * 1000, 3)},
             "auth": c.api_key_sha256 is not None,
@@ -210,14 +211,14 @@ class OSEDiffServer:
         values = dict(request.query_params)
         multipart = request.headers.get("content-type", "").startswith("multipart/form-data")
         if not multipart:  # the parameters are all known before the body is read
-            parse_params(values, self.config.extractors, limits, self.config.default_extractor)
+            parse_params(values, self.config.extractors, limits, self.config.defaults)
         body = await read_limited(request.stream(), limits)
         if multipart:
             data, fields = await _parse_multipart(request, body)
             values.update(fields)
         else:
             data = body
-        params = parse_params(values, self.config.extractors, limits, self.config.default_extractor)
+        params = parse_params(values, self.config.extractors, limits, self.config.defaults)
         loaded = await asyncio.get_running_loop().run_in_executor(None, open_checked, data, params, limits)
         return Job(loaded, params)
 

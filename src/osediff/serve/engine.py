@@ -35,7 +35,8 @@ class ServeConfig:
     extractors: tuple[str, ...] = ALWAYS_LOADED
     # per model extractor, its factory's file arguments as local paths (prompts.resolve_extractor_files)
     extractor_files: dict[str, dict] = field(default_factory=dict)
-    default_extractor: str = "text"
+    # what a request leaves out: the preset's factor and alignment, the first --prompt-extractor
+    defaults: UpscaleParams = field(default_factory=UpscaleParams)
     limits: RequestLimits = SERVE_LIMITS
     max_batch_size: int = 4
     batch_wait_s: float = 0.02
@@ -158,4 +159,3 @@ def encode_image(image: Image.Image, params: UpscaleParams) -> bytes:
     else:
         image.save(buffer, format="PNG")
     return buffer.getvalue()
-

@@ -74,30 +74,32 @@ class UpscaleParams:
 
 
 def parse_params(values: Mapping[str, str | None], extractors: tuple[str, ...], limits: RequestLimits,
-                 default_extractor: str = "text") -> UpscaleParams:
-    """Validate the request's parameters (query string or form fields); 422 on anything unsupported."""
+                 defaults: UpscaleParams = UpscaleParams()) -> UpscaleParams:
+    """Validate the request's parameters (query string or form fields); 422 on anything unsupported.
+
+    What the request leaves out comes from ``defaults`` (the server's preset and prompt extractor)."""
     unknown = sorted(set(values) - set(PARAMETERS))
     if unknown:
         raise Unprocessable(f"unknown parameter {unknown[0]!r}; accepted: {', '.join(PARAMETERS)}")
     given = {key: value for key, value in values.items() if value is not None and value != ""}
-    upscale = _number(given.get("upscale", "4"), "upscale", float)
+    upscale = _number(given["upscale"], "upscale", float) if "upscale" in given else defaults.upscale
     if not (math.isfinite(upscale) and 1.0 <= upscale <= limits.max_upscale):
         raise Unprocessable(f"upscale must be between 1 and {limits.max_upscale:g}, got {given.get('upscale')}")
-    align = given.get("align", "adain")
+    align = given.get("align", defaults.align)
     if align not in ALIGN_METHODS:
         raise Unprocessable(f"unknown align {align!r}; choose one of {', '.join(ALIGN_METHODS)}")
-    extractor = given.get("prompt_extractor", default_extractor)
+    extractor = given.get("prompt_extractor", defaults.prompt_extractor)
     if extractor not in extractors:
         raise Unprocessable(f"prompt_extractor {extractor!r} is not loaded on this server; "
                             f"choose one of {', '.join(extractors)}")
     prompt = values.get("prompt") or ""
     if len(prompt) > MAX_PROMPT_CHARS:
         raise Unprocessable(f"prompt is {len(prompt)} characters; at most {MAX_PROMPT_CHARS} are accepted")
-    fmt = given.get("format", "png").lower()
+    fmt = given.get("format", defaults.format).lower()
     fmt = "jpeg" if fmt == "jpg" else fmt
     if fmt not in OUTPUT_FORMATS:
         raise Unprocessable(f"unknown format {fmt!r}; choose one of {', '.join(OUTPUT_FORMATS)}")
-    quality = _number(given.get("quality", "95"), "quality", int)
+    quality = _number(given["quality"], "quality", int) if "quality" in given else defaults.quality
     if not 1 <= quality <= 100:
         raise Unprocessable(f"quality must be between 1 and 100, got {quality}")
     return UpscaleParams(upscale, align, prompt, extractor, fmt, quality)
