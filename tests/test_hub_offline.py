@@ -8,7 +8,17 @@ import time
 
 import pytest
 
-from osediff.checkpoint import KNOWN_SHA256, ModelNotFoundError, hub, network, resolve_base, resolve_file
+from osediff.checkpoint import (
+    KNOWN_SHA256,
+    MissingFile,
+    ModelNotFoundError,
+    Option,
+    hub,
+    network,
+    resolve_base,
+    resolve_file,
+)
+from osediff.cli.flags import flag_for
 from osediff.errors import OSEDiffError
 from osediff.prompts import extractor_needs_model, files, resolve_extractor_files
 
@@ -36,7 +46,7 @@ def test_offline_dape_fails_fast_in_one_line_and_probes_each_host_once(caches, n
     with pytest.raises(ModelNotFoundError) as info:
         resolve_extractor_files("dape")
     first_s = time.perf_counter() - started
-    cli = info.value.cli_message()
+    cli = info.value.message(flag_for)
     assert "not in the local cache and the hub could not be reached" in cli
     for flag in ("--ram ", "--dape ", "--ram-tags "):
         assert flag in cli
@@ -72,7 +82,7 @@ def test_base_typos_say_folder_not_found(tmp_path, caches, monkeypatch):
     for typo in (str(tmp_path / "sd21-bse"), "./sd21", "~/no-such-sd21", "models/sd21", "models/a/b"):
         with pytest.raises(ModelNotFoundError, match=r"folder not found; pass base=") as info:
             resolve_base(typo)
-        assert "HFValidationError" not in info.value.cli_message() and "--base" in info.value.cli_message()
+        assert "HFValidationError" not in info.value.message(flag_for) and "--base" in info.value.message(flag_for)
     with pytest.raises(ModelNotFoundError, match="not a local folder nor a hub id"):
         resolve_base("not a/hub id!")
     with pytest.raises(ModelNotFoundError, match="not in the local cache and the hub could not be reached"):
@@ -142,7 +152,7 @@ def test_extractor_metadata_and_local_files(tmp_path, caches):
     assert found == {"ram_path": ram, "dape_path": dape, "tags_path": tmp_path / "ram_tag_list.txt",
                      "thresholds_path": tmp_path / "ram_tag_list_threshold.txt"}
     assert resolve_extractor_files("caption", captioner=tmp_path) == {"model": tmp_path}
-    with pytest.raises(OSEDiffError, match="unknown prompt extractor 'dapee'"):
+    with pytest.raises(OSEDiffError, match="'dapee'"):
         resolve_extractor_files("dapee")
 
 
@@ -160,6 +170,71 @@ def test_finding_files_imports_no_torch():
 def test_the_error_keeps_both_wordings_across_processes():
     import pickle
 
-    err = pickle.loads(pickle.dumps(ModelNotFoundError("osediff.pkl: file not found", hub.WEIGHTS_OPTION)))
-    assert str(err).endswith("pass weights=<path to osediff.pkl>")
-    assert err.cli_message().endswith("pass --weights <path to osediff.pkl>")
+    err = pickle.loads(pickle.dumps(ModelNotFoundError(MissingFile("osediff.pkl", "file not found",
+                                                                   hub.WEIGHTS_OPTION))))
+    assert str(err) == "osediff.pkl: file not found; pass weights=<path to osediff.pkl>"
+    assert err.message(flag_for) == "osediff.pkl: file not found; pass --weights <path to osediff.pkl>"
+    assert err.reason == "osediff.pkl: file not found" and err.options == (hub.WEIGHTS_OPTION,)
+    assert err.argument == "weights" and isinstance(err, RuntimeError)
+    merged = ModelNotFoundError.merge([err, _offline("DAPE.pth", files.DAPE_OPTION)], subject="model files")
+    again = pickle.loads(pickle.dumps(merged))
+    assert type(again) is ModelNotFoundError and again.misses == merged.misses and str(again) == str(merged)
+    assert again.message(flag_for) == merged.message(flag_for) and again.subject == "model files"
+    legacy = pickle.loads(pickle.dumps(ModelNotFoundError("RAM weights: unreadable", hub.BASE_OPTION)))
+    assert legacy.reason == "RAM weights: unreadable" and str(legacy).endswith("pass base=<diffusers folder or hub id>")
+
+
+def _offline(what: str, option: Option) -> ModelNotFoundError:
+    return ModelNotFoundError(MissingFile(what, "not in the local cache (offline mode)", option, network=True))
+
+
+def test_merged_errors_group_files_by_reason_and_list_each_option_once():
+    base = ModelNotFoundError(MissingFile("sd21", "folder not found", hub.BASE_OPTION))
+    ram = _offline("ram_swin_large_14m.pth", files.RAM_OPTION)
+    dape = ModelNotFoundError.merge([_offline("DAPE.pth", files.DAPE_OPTION), ram], subject="DAPE prompts")
+    assert dape.reason == "DAPE prompts: DAPE.pth, ram_swin_large_14m.pth: not in the local cache (offline mode)"
+    merged = ModelNotFoundError.merge([base, dape, ram])  # ram twice: listed once
+    assert merged.subject is None  # the parts' subjects differ: each file is named instead
+    assert merged.reason == ("sd21: folder not found; DAPE.pth, ram_swin_large_14m.pth: not in the local cache "
+                             "(offline mode)")
+    assert str(merged) == merged.reason + ("; pass base=<diffusers folder or hub id>, dape_path=<DAPE.pth>, "
+                                           "ram_path=<ram_swin_large_14m.pth>")
+    assert merged.message(flag_for) == merged.reason + ("; pass --base <diffusers folder or hub id> "
+                                                        "--dape <DAPE.pth> --ram <ram_swin_large_14m.pth>")
+    assert merged.argument is None and not merged.network and dape.network
+    assert "\n" not in merged.message(flag_for)
+    assert ModelNotFoundError.merge([dape]).subject == "DAPE prompts"  # a shared subject is kept
+    with pytest.raises(ValueError):
+        ModelNotFoundError.merge([])
+
+
+def test_a_local_miss_is_looked_up_again(tmp_path, caches, tiny_base_dir, monkeypatch):
+    """A folder or file created after a first failure is found by the next call (the demo, a notebook)."""
+    import shutil
+
+    base = tmp_path / "sd21"
+    with pytest.raises(ModelNotFoundError, match="folder not found"):
+        resolve_base(base)
+    shutil.copytree(tiny_base_dir, base)
+    assert resolve_base(base) == base
+    weights = tmp_path / "osediff.pkl"
+    with pytest.raises(ModelNotFoundError, match="file not found"):
+        resolve_file(weights, option=hub.WEIGHTS_OPTION)
+    weights.write_bytes(b"w")
+    assert resolve_file(weights, option=hub.WEIGHTS_OPTION) == weights
+
+
+def test_a_network_failure_is_remembered_for_a_while(caches, no_network, monkeypatch):
+    clock = [1000.0]
+    monkeypatch.setattr(network, "_now", lambda: clock[0])
+    with pytest.raises(ModelNotFoundError, match="the hub could not be reached") as first:
+        resolve_file("hf://owner/repo/model.pth")
+    assert first.value.network and len(no_network) == 1
+    clock[0] += network.FAILURE_TTL_S - 1
+    with pytest.raises(ModelNotFoundError) as again:  # at once: no probe, no lookup
+        resolve_file("hf://owner/repo/model.pth")
+    assert again.value is first.value and len(no_network) == 1
+    clock[0] += 2  # expired: the host is probed again, and the lookup runs again
+    with pytest.raises(ModelNotFoundError) as later:
+        resolve_file("hf://owner/repo/model.pth")
+    assert later.value is not first.value and len(no_network) == 2

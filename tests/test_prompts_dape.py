@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +19,7 @@ import torch
 from PIL import Image
 
 from osediff.checkpoint import CheckpointError, ModelNotFoundError
+from osediff.cli.flags import flag_for
 from osediff.prompts import compose_prompt, create_prompt_extractor
 from osediff.prompts.ram_model import RAMConfig, RAMTagger, build_ram, imagenet_normalise, resize_for_ram
 from osediff.prompts.ram_weights import (
@@ -190,7 +192,7 @@ def test_offline_errors_name_what_is_missing(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ModelNotFoundError) as info:
         create_prompt_extractor("dape", local_files_only=True)
-    message, cli = str(info.value), info.value.cli_message()
+    message, cli = str(info.value), info.value.message(flag_for)
     for needed in ("ram_swin_large_14m.pth", "DAPE.pth", "ram_tag_list.txt", "not in the local cache"):
         assert needed in message and needed in cli
     for argument, flag in (("ram_path=", "--ram "), ("dape_path=", "--dape "), ("tags_path=", "--ram-tags ")):
@@ -200,6 +202,47 @@ def test_offline_errors_name_what_is_missing(tmp_path, monkeypatch):
         create_prompt_extractor("ram", ram_path=tmp_path / "nope.pth", tags_path=write_tags(tmp_path / "t", [0.5] * 12))
     with pytest.raises(ModelNotFoundError, match=r"ram_tag_list_threshold\.txt"):
         load_tag_vocabulary(tmp_path / "elsewhere" / "ram_tag_list.txt", local_files_only=True)
+
+
+def test_bad_tag_files_are_one_line_errors_naming_the_files(tmp_path):
+    model = random_tagger(RAMConfig.tiny(num_classes=len(TAGS)))
+    ram_path, _ = write_published(model, tmp_path)
+    short = write_tags(tmp_path / "short", [0.5] * (len(TAGS) - 1))
+    tag_list, thresholds = short / "ram_tag_list.txt", short / "ram_tag_list_threshold.txt"
+    with pytest.raises(CheckpointError) as info:
+        create_prompt_extractor("ram", ram_path=ram_path, tags_path=short, device="cpu")
+    assert str(info.value) == (f"{tag_list} lists 12 tags but {thresholds} has 11 thresholds; pass a tag list and "
+                               "thresholds with one line per tag each (RAM's files come as a pair)")
+
+    word = write_tags(tmp_path / "word", [0.5] * len(TAGS))
+    (word / "ram_tag_list_threshold.txt").write_text("0.5\n\nhigh\n" + "0.5\n" * 9)
+    with pytest.raises(CheckpointError, match=r"ram_tag_list_threshold\.txt: line 3 \('high'\) is not a number; "):
+        load_tag_vocabulary(word)
+    (word / "ram_tag_list_threshold.txt").write_bytes(b"\xff\xfe0.5\n")
+    with pytest.raises(CheckpointError, match="not a UTF-8 text file"):
+        load_tag_vocabulary(word)
+
+    more = tmp_path / "more"
+    more.mkdir()
+    (more / "ram_tag_list.txt").write_text("\n".join((*TAGS, "extra")) + "\n")
+    (more / "ram_tag_list_threshold.txt").write_text("0.5\n" * (len(TAGS) + 1))
+    with pytest.raises(CheckpointError) as info:
+        create_prompt_extractor("ram", ram_path=ram_path, tags_path=more, device="cpu")
+    message = str(info.value)
+    assert message.startswith(f"{ram_path} scores 12 tags but {more / 'ram_tag_list.txt'} lists 13; ")
+    assert "\n" not in message
+
+
+def test_a_file_that_is_not_ram_names_it(tmp_path):
+    model = random_tagger(RAMConfig.tiny(num_classes=len(TAGS), lora_rank=2))
+    ram_path, _ = write_published(model, tmp_path)
+    other = tmp_path / "other.pth"
+    torch.save({"model": {"fc.weight": torch.zeros(2, 2)}}, other)
+    tags = write_tags(tmp_path / "tags", [0.5] * len(TAGS))
+    with pytest.raises(CheckpointError, match="^" + re.escape(f"{other}: not a RAM (Swin) checkpoint")):
+        create_prompt_extractor("ram", ram_path=other, tags_path=tags, device="cpu")
+    with pytest.raises(CheckpointError, match="^" + re.escape(f"{ram_path} with {other}: ") + ".*no LoRA"):
+        create_prompt_extractor("dape", ram_path=ram_path, dape_path=other, tags_path=tags, device="cpu")
 
 
 def test_vocabulary_files_and_import_is_light(tmp_path):

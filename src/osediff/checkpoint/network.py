@@ -1,16 +1,23 @@
-"""Whether model files may be fetched now: one short probe per host, and failures remembered.
+"""Whether model files may be fetched now: one short probe per host, and network failures remembered.
 
 Without a network, the hub client and urllib each wait out their timeouts and retries for every
 file (over a minute per file was measured). Instead each host gets one HEAD request with a short
-timeout per process; once a host is known to be unreachable every later lookup goes straight to
-the local cache. A resolution that failed is remembered too, so a second attempt (a fallback
-extractor, the next demo request) fails at once instead of trying the network again.
+timeout; once a host is known to be unreachable every later lookup goes straight to the local
+cache. A resolution that failed because of the network (a host that did not answer, offline mode)
+is remembered too, so a second attempt (a fallback extractor, the next demo request) fails at once
+instead of trying the network again.
+
+Neither is kept for ever: an unreachable host and a network failure are forgotten after
+:data:`FAILURE_TTL_S` seconds (the network may come back), and a failure with a local cause (a
+folder that does not exist yet) is not remembered at all, so a long-lived process (the demo, the
+server, a notebook) finds a file as soon as it appears. A host that answered stays known.
 """
 
 from __future__ import annotations
 
 import os
 import threading
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -18,12 +25,17 @@ from collections.abc import Callable, Hashable
 from typing import TypeVar
 
 PROBE_TIMEOUT_S = 3.0
+FAILURE_TTL_S = 60.0
 HUB = "the hub"
 
 _lock = threading.Lock()
-_reachable: dict[str, bool] = {}
-_failures: dict[Hashable, Exception] = {}
+_reachable: dict[str, tuple[bool, float]] = {}  # origin -> (answered, when probed)
+_failures: dict[Hashable, tuple[Exception, float]] = {}  # key -> (the failure, when it happened)
 T = TypeVar("T")
+
+
+def _now() -> float:
+    return time.monotonic()
 
 
 def hub_endpoint() -> str:
@@ -51,15 +63,19 @@ def _probe(url: str) -> bool:
 
 
 def reachable(url: str) -> bool:
-    """Whether the host of ``url`` answers; probed once per process (local schemes always answer)."""
+    """Whether the host of ``url`` answers (local schemes always do).
+
+    Probed once; a host that did not answer is probed again after :data:`FAILURE_TTL_S` seconds.
+    """
     parts = urllib.parse.urlsplit(url)
     if parts.scheme not in ("http", "https"):
         return True
     origin = f"{parts.scheme}://{parts.netloc}/"
     with _lock:  # concurrent callers wait for the one probe rather than each sending their own
-        if origin not in _reachable:
-            _reachable[origin] = _probe(origin)
-        return _reachable[origin]
+        known = _reachable.get(origin)
+        if known is None or (not known[0] and _now() - known[1] >= FAILURE_TTL_S):
+            known = _reachable[origin] = (_probe(origin), _now())
+        return known[0]
 
 
 def offline_reason(url: str, local_files_only: bool, *, hub: bool = False) -> str | None:
@@ -73,17 +89,25 @@ def offline_reason(url: str, local_files_only: bool, *, hub: bool = False) -> st
     return None
 
 
-def remembered(key: Hashable, resolve: Callable[[], T], remember: type[Exception]) -> T:
-    """``resolve()``, unless it already failed with ``remember`` under ``key`` in this process."""
+def remembered(key: Hashable, resolve: Callable[[], T], remember: Callable[[Exception], bool]) -> T:
+    """``resolve()``, unless it failed under ``key`` in the last :data:`FAILURE_TTL_S` seconds.
+
+    Only failures for which ``remember(err)`` is true are kept (those caused by the network); any
+    other failure is looked up again on the next call.
+    """
     with _lock:
         failed = _failures.get(key)
+        if failed is not None and _now() - failed[1] >= FAILURE_TTL_S:
+            del _failures[key]
+            failed = None
     if failed is not None:
-        raise failed.with_traceback(None)
+        raise failed[0].with_traceback(None)
     try:
         return resolve()
-    except remember as err:
-        with _lock:
-            _failures[key] = err
+    except Exception as err:
+        if remember(err):
+            with _lock:
+                _failures[key] = (err, _now())
         raise
 
 

@@ -2,11 +2,18 @@
 
 Both hold the same content: LoRA tensors for the UNet (three adapters) and the VAE encoder, the
 fine-tuned UNet ``conv_in``, the ranks, and the module lists. Tensor names stay peft's, so the two
-formats convert into each other without loss.
+formats convert into each other without changing what the model computes.
 
 Our format is a safetensors file whose tensors are prefixed ``unet.`` / ``vae.`` and whose
-metadata holds a small JSON header (``osediff_header``) with the format version, ranks, alpha and
-target lists.
+metadata holds a small JSON header (``osediff_header``) with the format version, ranks, alpha,
+target lists and ``extra`` (free-form strings).
+
+The authors' ``.pkl`` has no alpha: their loader applies peft's default ``lora_alpha`` 8. Saving
+weights with another alpha to ``.pkl`` therefore folds ``alpha / 8`` into every ``lora_B`` tensor,
+so each delta ``alpha / rank * B @ A`` is unchanged when read back with alpha 8 (the tensors then
+differ from the originals, the merged model does not). ``extra`` is kept in the ``.pkl`` under the
+additional key ``osediff_extra``, which the authors' loader (it reads fixed keys) ignores, and is
+read back from it; a file without extra strings has the authors' eight keys only.
 """
 
 from __future__ import annotations
@@ -14,18 +21,21 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import tempfile
 import zipfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from ..errors import OSEDiffError
+from ..fileio import atomic_write, first_line
 from ..lora import LORA_ALPHA, UNET_ADAPTERS
 
 FORMAT_NAME = "osediff-lora"
 FORMAT_VERSION = 1
+# the .pkl key for ``extra``; the authors' loader reads its fixed keys and ignores this one
+EXTRA_KEY = "osediff_extra"
 
 
 class CheckpointError(OSEDiffError, ValueError):
@@ -48,6 +58,7 @@ class OSEDiffWeights:
     # -- authors' format -------------------------------------------------------------------
     @classmethod
     def from_official_dict(cls, sd: dict, source: str = "<dict>") -> OSEDiffWeights:
+        """The authors' dict (alpha 8 implied); ``extra`` from :data:`EXTRA_KEY` where present."""
         required = ("rank_unet", "rank_vae", "state_dict_unet", "state_dict_vae", "vae_lora_encoder_modules")
         missing = [key for key in required if key not in sd]
         if missing:
@@ -61,19 +72,28 @@ class OSEDiffWeights:
             vae_targets=list(dict.fromkeys(sd["vae_lora_encoder_modules"])),
             unet_state=dict(sd["state_dict_unet"]),
             vae_state=dict(sd["state_dict_vae"]),
+            extra=_extra(sd.get(EXTRA_KEY), source),
         )
 
     def to_official_dict(self) -> dict:
-        return {
+        """The authors' layout, which implies alpha 8: another ``lora_alpha`` is folded into ``lora_B``.
+
+        ``extra``, when not empty, goes under :data:`EXTRA_KEY`.
+        """
+        factor = self.lora_alpha / LORA_ALPHA
+        official = {
             "rank_unet": self.rank_unet,
             "rank_vae": self.rank_vae,
             "unet_lora_encoder_modules": self.unet_targets["default_encoder"],
             "unet_lora_decoder_modules": self.unet_targets["default_decoder"],
             "unet_lora_others_modules": self.unet_targets["default_others"],
             "vae_lora_encoder_modules": self.vae_targets,
-            "state_dict_unet": self.unet_state,
-            "state_dict_vae": self.vae_state,
+            "state_dict_unet": _scale_lora_b(self.unet_state, factor),
+            "state_dict_vae": _scale_lora_b(self.vae_state, factor),
         }
+        if self.extra:
+            official[EXTRA_KEY] = dict(self.extra)
+        return official
 
     # -- files -----------------------------------------------------------------------------
     @classmethod
@@ -95,8 +115,7 @@ class OSEDiffWeights:
         try:
             sd = torch.load(path, map_location="cpu", weights_only=True)
         except (pickle.UnpicklingError, RuntimeError, EOFError) as err:
-            first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise CheckpointError(f"{path}: cannot read as a weights-only torch file ({first_line})") from None
+            raise CheckpointError(f"{path}: cannot read as a weights-only torch file ({first_line(err)})") from None
         if not isinstance(sd, dict):
             raise CheckpointError(f"{path}: expected a dict, found {type(sd).__name__}")
         return cls.from_official_dict(sd, source=str(path))
@@ -128,23 +147,14 @@ class OSEDiffWeights:
         )
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Write atomically; the extension picks the format (``.safetensors`` or ``.pkl``/``.pt``)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
-        try:
-            if path.suffix == ".safetensors":
-                self._save_safetensors(Path(tmp))
-            else:
-                official = self.to_official_dict()
-                official["state_dict_unet"] = {k: v.contiguous() for k, v in self.unet_state.items()}
-                torch.save(official, tmp)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-        return path
+        """Write atomically; the extension picks the format (``.safetensors`` or ``.pkl``/``.pt``).
+
+        ``.pkl`` is the authors' format: ``lora_alpha`` is folded into the ``lora_B`` tensors and
+        ``extra`` kept under :data:`EXTRA_KEY` (see the module's docstring).
+        """
+        if Path(path).suffix == ".safetensors":
+            return atomic_write(path, self._save_safetensors)
+        return atomic_write(path, lambda tmp: torch.save(self.to_official_dict(), tmp))
 
     def _save_safetensors(self, path: Path) -> None:
         from safetensors.torch import save_file
@@ -162,6 +172,23 @@ class OSEDiffWeights:
         tensors = {f"unet.{k}": v.contiguous() for k, v in self.unet_state.items()}
         tensors.update({f"vae.{k}": v.contiguous() for k, v in self.vae_state.items()})
         save_file(tensors, str(path), metadata={"osediff_header": json.dumps(header)})
+
+
+def _scale_lora_b(state: Mapping[str, torch.Tensor], factor: float) -> dict[str, torch.Tensor]:
+    """``state`` with every ``lora_B`` tensor times ``factor`` (computed in float32), all contiguous."""
+    if factor == 1.0:
+        return {k: v.contiguous() for k, v in state.items()}
+    return {k: (v.float() * factor).to(v.dtype).contiguous() if ".lora_B." in k else v.contiguous()
+            for k, v in state.items()}
+
+
+def _extra(stored: object, source: str) -> dict[str, str]:
+    if stored is None:
+        return {}
+    if not isinstance(stored, Mapping) or not all(isinstance(k, str) and isinstance(v, str)
+                                                  for k, v in stored.items()):
+        raise CheckpointError(f"{source}: {EXTRA_KEY} is not a dict of strings; remove it or save the file again")
+    return dict(stored)
 
 
 def convert_weights(src: str | os.PathLike, dst: str | os.PathLike) -> Path:

@@ -18,6 +18,7 @@ import warnings
 from .. import __version__
 from ..errors import OSEDiffError
 from ..quiet import quiet_libraries
+from .flags import flag_for
 
 # sub-command name -> module; each module defines add_parser(subparsers) and run(args) -> int
 COMMANDS: dict[str, str] = {
@@ -88,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     except OSEDiffError as err:
         if args.debug:
             traceback.print_exc()
-        print(f"error: {' '.join(err.cli_message().split())}", file=sys.stderr)
+        print(f"error: {' '.join(err.message(flag_for).split())}", file=sys.stderr)
         return 2
 
 

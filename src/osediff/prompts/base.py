@@ -54,9 +54,15 @@ def available_prompt_extractors() -> list[str]:
 
 def _entry(name: str) -> _Entry:
     if name not in _REGISTRY:
-        raise UnknownPromptExtractorError(f"unknown prompt extractor {name!r}; available: "
-                                          f"{', '.join(available_prompt_extractors())}")
+        raise UnknownPromptExtractorError(f"{name!r} is not a prompt extractor; choose one of "
+                                          f"{', '.join(available_prompt_extractors())}", argument="prompt_extractor")
     return _REGISTRY[name]
+
+
+def known_prompt_extractor(name: str) -> str:
+    """``name`` if it is registered, else :class:`UnknownPromptExtractorError` listing the registered ones."""
+    _entry(name)
+    return name
 
 
 def extractor_needs_model(name: str) -> bool:
@@ -71,9 +77,10 @@ def resolve_extractor_files(name: str, *, ram: str | os.PathLike | None = None,
     """Every model file ``name`` needs, as local paths in its factory's keyword arguments.
 
     Call it before loading anything: a missing file raises one
-    :class:`~osediff.checkpoint.ModelNotFoundError` whose :meth:`cli_message` names the flags
-    (``--ram``, ``--dape``, ``--ram-tags``, ``--captioner``); offline it fails in well under a second,
-    and a second call fails at once. Extractors without a model give ``{}``.
+    :class:`~osediff.checkpoint.ModelNotFoundError` naming the arguments that supply each file
+    (``err.message(osediff.cli.flags.flag_for)`` names the flags ``--ram``, ``--dape``, ``--ram-tags``,
+    ``--captioner``); offline it fails in well under a second, and a second call within a minute fails
+    at once. Extractors without a model give ``{}``.
     """
     files = _entry(name).files
     if files is None:

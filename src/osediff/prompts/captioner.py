@@ -13,8 +13,9 @@ import os
 import torch
 from PIL import Image
 
-from ..checkpoint import ModelNotFoundError
+from ..checkpoint import MissingFile, ModelNotFoundError
 from ..device import pick_device, pick_dtype
+from ..fileio import first_line
 from .base import compose_prompt
 from .files import CAPTIONER_OPTION, DEFAULT_CAPTIONER, resolve_captioner
 
@@ -82,9 +83,8 @@ def create_caption_extractor(*, model: str | os.PathLike = DEFAULT_CAPTIONER, de
         processor = AutoProcessor.from_pretrained(folder, local_files_only=True)
         network = AutoModelForImageTextToText.from_pretrained(folder, dtype=torch_dtype, local_files_only=True)
     except (OSError, ValueError) as err:  # transformers: missing files (OSError), unknown architectures
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ModelNotFoundError(f"captioner {model!s}: not a loadable image-to-text model ({first})",
-                                 CAPTIONER_OPTION) from None
+        raise ModelNotFoundError([MissingFile(f"captioner {model!s}", "not a loadable image-to-text model "
+                                              f"({first_line(err)})", CAPTIONER_OPTION)]) from None
     if getattr(processor, "tokenizer", None) is not None:
         processor.tokenizer.padding_side = "left"  # batched generation appends after the prompt
     return CaptionExtractor(network.to(target), processor, batch_size=batch_size,

@@ -13,12 +13,13 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..checkpoint.weights import CheckpointError
 from ..device import pick_device, pick_dtype
 from .base import compose_prompt
 from .files import DAPE_MIRRORS, DEFAULT_DAPE, DEFAULT_RAM, RAM_MIRRORS, resolve_ram_files
 from .ram_model import RAMTagger, build_ram, imagenet_normalise, resize_for_ram
 from .ram_weights import config_from_state_dict, load_published, read_state_dict
-from .tags import TagVocabulary, load_tag_vocabulary
+from .tags import TagVocabulary, read_tag_vocabulary
 
 __all__ = [
     "DAPE_MIRRORS",
@@ -30,6 +31,7 @@ __all__ = [
     "create_plain_ram_extractor",
     "load_ram_extractor",
 ]
+
 
 class RAMPromptExtractor:
     """Tags images with a loaded :class:`RAMTagger`; calling it gives the final prompts.
@@ -68,13 +70,6 @@ class RAMPromptExtractor:
         inputs = imagenet_normalise(resize_for_ram(pixels.to(self.device), size, antialias=self.antialias))
         return torch.sigmoid(self.model(inputs.to(self.dtype)))
 
-    def tags_from_tensor(self, pixels: torch.Tensor) -> list[str]:
-        """Bare tag strings for a [B, 3, H, W] batch in [0, 1] (e.g. HQ crops during training)."""
-        out: list[str] = []
-        for start in range(0, pixels.shape[0], self.batch_size):
-            out += self.vocabulary.select(self.probabilities(pixels[start:start + self.batch_size]))
-        return out
-
     def tags(self, images: list[Image.Image]) -> list[str]:
         """Bare tag strings, one per image; each is resized on its own so any sizes share a batch."""
         out: list[str] = []
@@ -107,14 +102,22 @@ def load_ram_extractor(*, ram_path: str | os.PathLike | None = None, dape_path: 
     files = resolve_ram_files(ram_path, dape_path, tags_path, thresholds_path, use_dape=use_dape,
                               local_files_only=local_files_only)
     ram_file, dape_file = files["ram_path"], files.get("dape_path")
-    vocabulary = load_tag_vocabulary(files["tags_path"], files["thresholds_path"])
+    vocabulary = read_tag_vocabulary(files["tags_path"], files["thresholds_path"])
     ram_weights = read_state_dict(ram_file)
     dape_weights = read_state_dict(dape_file) if dape_file else None
-    config = config_from_state_dict(ram_weights, dape_weights)
+    weights = f"{ram_file} with {dape_file}" if dape_file else str(ram_file)
+    try:
+        config = config_from_state_dict(ram_weights, dape_weights)
+    except CheckpointError as err:
+        raise CheckpointError(f"{weights}: {err}") from None
     if config.num_classes != len(vocabulary):
-        raise ValueError(f"{ram_file} scores {config.num_classes} tags but the tag list has {len(vocabulary)}")
+        raise CheckpointError(f"{ram_file} scores {config.num_classes} tags but {files['tags_path']} lists "
+                              f"{len(vocabulary)}; pass the tag list and thresholds that belong to these weights")
     model = build_ram(config)
-    load_published(model, ram_weights, dape_weights)
+    try:
+        load_published(model, ram_weights, dape_weights)
+    except CheckpointError as err:
+        raise CheckpointError(f"{weights}: {err}") from None
     # merge in float32 on the CPU before any cast, as the authors' eval() does
     model.merge_lora_()
     target = pick_device(str(device) if device is not None else None)

@@ -2,7 +2,8 @@
 
 Each resolver returns the factory's keyword arguments with local paths, or raises one
 :class:`~osediff.checkpoint.ModelNotFoundError` naming every missing file and the options that
-supply them. Nothing here imports torch.
+supply them (``ram_path``, ``dape_path``, ``tags_path``, ``captioner``: the command line shows their
+flags). Nothing here imports torch.
 """
 
 from __future__ import annotations
@@ -13,10 +14,12 @@ from pathlib import Path
 from ..checkpoint.hub import (
     KNOWN_SHA256,
     Miss,
+    MissingFile,
     ModelNotFoundError,
     Option,
     describe_misses,
     looks_like_path,
+    network_failure,
     resolve_file,
     snapshot,
 )
@@ -33,23 +36,14 @@ DEFAULT_CAPTIONER = "Salesforce/blip-image-captioning-base"
 # weights of other frameworks that transformers does not load
 _CAPTIONER_IGNORE = ["*.h5", "*.msgpack", "*.onnx", "*.ot", "flax_model*", "tf_model*", "*.tflite"]
 
-RAM_OPTION = Option("ram_path=<ram_swin_large_14m.pth>", "--ram <ram_swin_large_14m.pth>")
-DAPE_OPTION = Option("dape_path=<DAPE.pth>", "--dape <DAPE.pth>")
-CAPTIONER_OPTION = Option("model=<image-to-text model folder or hub id>",
-                          "--captioner <image-to-text model folder or hub id>")
+RAM_OPTION = Option("ram_path", "<ram_swin_large_14m.pth>")
+DAPE_OPTION = Option("dape_path", "<DAPE.pth>")
+CAPTIONER_OPTION = Option("captioner", "<image-to-text model folder or hub id>")
 
 
 def combine(what: str, errors: list[ModelNotFoundError]) -> ModelNotFoundError:
-    """One error for several missing files: files failing for the same reason are listed together."""
-    groups: dict[str, list[str]] = {}
-    for err in errors:
-        for part in err.reason.split("; "):
-            name, _, why = part.partition(": ")
-            groups.setdefault(why, []).append(name)
-    reason = f"{what}: " + "; ".join(f"{', '.join(dict.fromkeys(names))}: {why}" for why, names in groups.items())
-    options = list(dict.fromkeys(err.option for err in errors if err.option))
-    option = Option(", ".join(o.argument for o in options), " ".join(o.flag for o in options)) if options else None
-    return ModelNotFoundError(reason, option)
+    """One error for several missing files about ``what`` (``"DAPE prompts"``): :meth:`ModelNotFoundError.merge`."""
+    return ModelNotFoundError.merge(errors, subject=what)
 
 
 def resolve_ram_files(ram_path: str | os.PathLike | None = None, dape_path: str | os.PathLike | None = None,
@@ -94,10 +88,10 @@ def resolve_captioner(model: str | os.PathLike | None = None, *, local_files_onl
         if folder.is_dir():
             return folder
         if looks_like_path(spec):
-            raise ModelNotFoundError(f"captioner {spec}: folder not found", CAPTIONER_OPTION)
+            raise ModelNotFoundError(MissingFile(f"captioner {spec}", "folder not found", CAPTIONER_OPTION))
         try:
             return snapshot(spec, None, local_files_only, ignore=_CAPTIONER_IGNORE)
         except Miss as miss:
-            raise ModelNotFoundError(describe_misses(f"captioner {spec}", [miss]), CAPTIONER_OPTION) from None
+            raise ModelNotFoundError(describe_misses(f"captioner {spec}", [miss], CAPTIONER_OPTION)) from None
 
-    return remembered(("captioner", spec, local_files_only), resolve, ModelNotFoundError)
+    return remembered(("captioner", spec, local_files_only), resolve, network_failure)

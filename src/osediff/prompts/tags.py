@@ -25,8 +25,7 @@ _SOURCES = (
 )
 DEFAULT_TAG_LIST = _SOURCES[0] + TAG_LIST_NAME
 DEFAULT_THRESHOLDS = _SOURCES[0] + THRESHOLDS_NAME
-_OPTION = Option(f"tags_path=<folder with {TAG_LIST_NAME} and {THRESHOLDS_NAME}>",
-                 f"--ram-tags <folder with {TAG_LIST_NAME} and {THRESHOLDS_NAME}>")
+TAGS_OPTION = Option("tags_path", f"<folder with {TAG_LIST_NAME} and {THRESHOLDS_NAME}>")
 
 
 @dataclass(frozen=True)
@@ -62,7 +61,15 @@ def parse_tag_list(text: str) -> tuple[str, ...]:
 
 
 def parse_thresholds(text: str) -> tuple[float, ...]:
-    return tuple(float(line) for line in text.splitlines() if line.strip())
+    """One threshold per non-empty line; ``ValueError`` names the first line that is not a number."""
+    values = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if line.strip():
+            try:
+                values.append(float(line))
+            except ValueError:
+                raise ValueError(f"line {number} ({line.strip()[:40]!r}) is not a number") from None
+    return tuple(values)
 
 
 def load_tag_vocabulary(tags_path: str | os.PathLike | None = None,
@@ -76,8 +83,35 @@ def load_tag_vocabulary(tags_path: str | os.PathLike | None = None,
     """
     tag_file, threshold_file = resolve_vocabulary_files(tags_path, thresholds_path,
                                                         local_files_only=local_files_only)
-    return TagVocabulary(parse_tag_list(tag_file.read_text(encoding="utf-8")),
-                         parse_thresholds(threshold_file.read_text(encoding="utf-8")))
+    return read_tag_vocabulary(tag_file, threshold_file)
+
+
+def read_tag_vocabulary(tag_file: str | os.PathLike, threshold_file: str | os.PathLike) -> TagVocabulary:
+    """The vocabulary of two local files; a file that cannot be one raises
+    :class:`~osediff.checkpoint.CheckpointError` naming it (thresholds that are not numbers, a
+    different number of tags and thresholds, text that is not UTF-8)."""
+    from ..checkpoint.weights import CheckpointError
+
+    names, threshold_text = parse_tag_list(_read_text(tag_file)), _read_text(threshold_file)
+    try:
+        thresholds = parse_thresholds(threshold_text)
+    except ValueError as err:
+        raise CheckpointError(f"{threshold_file}: {err}; a thresholds file has one number per line, as RAM's "
+                              f"{THRESHOLDS_NAME}") from None
+    if len(names) != len(thresholds):
+        raise CheckpointError(f"{tag_file} lists {len(names)} tags but {threshold_file} has {len(thresholds)} "
+                              "thresholds; pass a tag list and thresholds with one line per tag each "
+                              "(RAM's files come as a pair)")
+    return TagVocabulary(names, thresholds)
+
+
+def _read_text(path: str | os.PathLike) -> str:
+    from ..checkpoint.weights import CheckpointError
+
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise CheckpointError(f"{path}: not a UTF-8 text file (expected one tag or threshold per line)") from None
 
 
 def resolve_vocabulary_files(tags_path: str | os.PathLike | None = None,
@@ -106,9 +140,9 @@ def resolve_vocabulary_files(tags_path: str | os.PathLike | None = None,
                                 (THRESHOLDS_NAME, thresholds_spec, threshold_mirrors)):
         try:
             files.append(resolve_file(spec, mirrors=tuple(mirrors), local_files_only=local_files_only,
-                                      name=what, option=_OPTION))
+                                      name=what, option=TAGS_OPTION))
         except ModelNotFoundError as err:
-            errors.append(err.reason)
+            errors.append(err)
     if errors:
-        raise ModelNotFoundError("; ".join(errors), _OPTION)
+        raise ModelNotFoundError.merge(errors)
     return files[0], files[1]
