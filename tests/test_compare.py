@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import pickle
+
 import numpy as np
 import pytest
 from PIL import Image
 
 from osediff.cli import main
+from osediff.cli.flags import flag_for
 from osediff.errors import OSEDiffError
 from osediff.evaluation.compare import (
     BOX_COLOUR,
@@ -120,6 +123,28 @@ def test_parse_crop_and_auto_crop():
     assert auto_crop(Image.fromarray(image), 16) == (8, 40, 16, 16)
 
 
+@pytest.mark.parametrize(("call", "argument", "python", "cli"), [
+    (lambda f: parse_crop("1,2,3"), "crop", "crop must be 'auto' or x,y,w,h in integers, got '1,2,3'",
+     "--crop must be 'auto' or x,y,w,h in integers, got '1,2,3'"),
+    (lambda f: parse_crop("0,0,0,5"), "crop", "crop '0,0,0,5': needs x, y >= 0 and w, h > 0",
+     "--crop '0,0,0,5': needs x, y >= 0 and w, h > 0"),
+    (lambda f: compare_folders(f["lq"], [f["m1"]], zoom=0), "zoom", "zoom must be positive, got 0",
+     "--zoom must be positive, got 0"),
+    (lambda f: compare_folders(f["lq"], [f["m1"]], crop="60,60,16,16"), "crop",
+     "crop (60, 60, 16, 16) lies outside a (64x64)", "--crop (60, 60, 16, 16) lies outside a (64x64)"),
+    (lambda f: compare_folders(f["lq"], [f["m1"]], names=["x", "y"]), "names",
+     "names gives 2 names for 1 method folders", "--names gives 2 names for 1 method folders"),
+])
+def test_errors_name_the_argument_and_the_cli_its_flag(folders, call, argument, python, cli):
+    with pytest.raises(CompareError) as info:
+        call(folders)
+    err = info.value
+    assert err.argument == argument and str(err) == python and err.message(flag_for) == cli
+    again = pickle.loads(pickle.dumps(err))  # the fields survive a trip to another process
+    assert type(again) is CompareError and (again.argument, again.problem, str(again)) == (argument, err.problem,
+                                                                                        python)
+
+
 def test_cli(folders, tmp_path, capsys):
     out = tmp_path / "grid.png"
     assert main(["compare", str(folders["lq"]), str(folders["m1"]), "--gt", str(folders["gt"]), "-o", str(out),
@@ -130,3 +155,8 @@ def test_cli(folders, tmp_path, capsys):
     (folders["m1"] / "a.png").unlink()
     assert main(["compare", str(folders["lq"]), str(folders["m1"]), "-o", str(out)]) == 2
     assert "no match by file name (missing: a)" in capsys.readouterr().err
+    # the command names its flags where the library names arguments
+    assert main(["compare", str(folders["lq"]), str(folders["gt"]), "-o", str(out), "--zoom", "0"]) == 2
+    assert capsys.readouterr().err == "error: --zoom must be positive, got 0.0\n"
+    assert main(["compare", str(folders["lq"]), str(folders["gt"]), "-o", str(out), "--crop", "1,2"]) == 2
+    assert "error: --crop must be 'auto' or x,y,w,h" in capsys.readouterr().err

@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from osediff.degradation import DegradationConfig, RealESRGANDegradation, ops, pipeline
+from osediff.degradation import DegradationConfig, RealESRGANDegradation, ops, realesrgan
 from osediff.degradation import kernels as K
 
 HR_DIR = Path(__file__).resolve().parents[1] / ".." / "shared" / "benchmarks" / "realsr" / "hr"
@@ -61,7 +61,7 @@ def _j1(x: float) -> float:
     return float(np.trapezoid(np.cos(tau - x * np.sin(tau)), tau) / math.pi)
 
 
-# ------------------------------------------------------------------------------------------- pipeline
+# ----------------------------------------------------------------------------------------- realesrgan
 
 def test_shapes_range_and_8bit_levels() -> None:
     hq = _hr_batch(3)
@@ -137,8 +137,8 @@ def test_resize_gives_sampled_sizes_and_order(monkeypatch: pytest.MonkeyPatch) -
         calls.append(("jpeg", tuple(x.shape[-2:])))
         return real_jpeg(x, q)
 
-    monkeypatch.setattr(pipeline.ops, "resize", rec_resize)
-    monkeypatch.setattr(pipeline.ops, "jpeg", rec_jpeg)
+    monkeypatch.setattr(realesrgan.ops, "resize", rec_resize)
+    monkeypatch.setattr(realesrgan.ops, "jpeg", rec_jpeg)
     orders = set()
     for seed in range(6):
         (p,) = deg.sample(1, (128, 128), torch.Generator().manual_seed(seed))

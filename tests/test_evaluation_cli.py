@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import pickle
 import socket
 import tarfile
 from pathlib import Path
@@ -15,10 +16,12 @@ import pytest
 from PIL import Image
 
 from osediff.cli import main
+from osediff.cli.flags import flag_for
 from osediff.evaluation import metrics as metrics_module
 from osediff.evaluation import runner
 from osediff.evaluation.metrics import PAPER_METRICS, MetricUnavailable, resolve_metrics
 from osediff.evaluation.niqe_params import NiqeParamsError, find_niqe_params, read_params
+from osediff.evaluation.pairing import EvalInputError, UnmatchedNamesError, pair_folders
 
 SIZE = 32
 
@@ -69,6 +72,7 @@ def test_unmatched_names_are_listed_in_one_line(tmp_path, gt, capsys):
     assert status == 2 and out == ""
     assert err.count("\n") == 1 and err.startswith(f"error: {sr}: unmatched file names")
     assert "x.png" in err and "c.png" in err
+    assert err.endswith("(pass --ignore-unmatched to evaluate the common names only)\n")
     status, out, err = run_eval(capsys, "--sr", str(sr), "--gt", str(gt), "--metrics", "psnr", "--ignore-unmatched")
     assert status == 0 and "sr " in out
 
@@ -195,7 +199,9 @@ def test_metrics_needing_downloads_are_skipped_offline(tmp_path, gt, capsys, mon
     skipped = [line for line in err.splitlines() if line.startswith("skipped ")]
     assert [line.split(":")[0] for line in skipped] == ["skipped LPIPS", "skipped NIQE"]
     assert "weights not cached here" in skipped[0] and "pip download --no-deps basicsr==1.4.2" in skipped[1]
-    assert set(json.loads((out / "summary.json").read_text())["skipped"]) == {"lpips", "niqe"}
+    assert skipped[1].endswith("or pass the .tar.gz as --niqe-params / $OSEDIFF_NIQE_PARAMS")
+    reasons = json.loads((out / "summary.json").read_text())["skipped"]
+    assert set(reasons) == {"lpips", "niqe"} and f"skipped {reasons['niqe']}" == skipped[1]
 
 
 def test_offline_flag_never_touches_the_network(tmp_path, gt, capsys, monkeypatch, empty_caches):
@@ -223,6 +229,37 @@ def test_one_failed_download_switches_the_rest_offline(monkeypatch):
                                        note=lambda line: None)
     assert loaded == [] and list(skipped) == ["lpips", "musiq", "maniqa"]
     assert calls == [("lpips", False), ("musiq", True), ("maniqa", True)]
+
+
+# ---------------------------------------------------------------- arguments, not flags
+
+def test_library_messages_name_arguments_and_the_cli_flags(tmp_path, gt):
+    """Python callers read the argument's name; osediff eval words the same error with its flag."""
+    sr = make_images(tmp_path / "sr", ["a.png", "x.png"], seed=1)
+    with pytest.raises(UnmatchedNamesError) as info:
+        pair_folders(sr, gt)
+    err = info.value
+    assert isinstance(err, EvalInputError) and err.argument == "ignore_unmatched"
+    assert str(err).startswith(f"{sr}: unmatched file names: ")
+    assert str(err).endswith("(pass ignore_unmatched to evaluate the common names only)")
+    assert err.message(flag_for).endswith("(pass --ignore-unmatched to evaluate the common names only)")
+    again = pickle.loads(pickle.dumps(err))  # the fields, and the hint's place, survive another process
+    assert type(again) is UnmatchedNamesError and str(again) == str(err)
+    assert again.message(flag_for) == err.message(flag_for)
+    assert [p.name for p in pair_folders(sr, gt, ignore_unmatched=True)] == ["a.png"]
+
+    niqe = MetricUnavailable("NIQE: download failed", argument="niqe_params")
+    assert str(niqe).startswith("NIQE: download failed; or pip download --no-deps basicsr==1.4.2 -d ")
+    assert str(niqe).endswith("or pass the .tar.gz as niqe_params / $OSEDIFF_NIQE_PARAMS")
+    assert niqe.message(flag_for).endswith("or pass the .tar.gz as --niqe-params / $OSEDIFF_NIQE_PARAMS")
+    assert pickle.loads(pickle.dumps(niqe)).message(flag_for) == niqe.message(flag_for)
+    assert str(MetricUnavailable("LPIPS: download failed")) == "LPIPS: download failed"
+
+    psnr = resolve_metrics("psnr")
+    _, skipped = runner._load_all(psnr, False, runner.EvalOptions(), note=lambda line: None)
+    assert skipped == {"psnr": "PSNR: needs ground truth (gt)"}
+    _, skipped = runner._load_all(psnr, False, runner.EvalOptions(name_of=flag_for), note=lambda line: None)
+    assert skipped == {"psnr": "PSNR: needs ground truth (--gt)"}
 
 
 # ---------------------------------------------------------------- NIQE parameters

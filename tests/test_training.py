@@ -229,8 +229,9 @@ def test_cli_export_only_and_bad_resume(trained, tiny_base_dir, tmp_path, capsys
                       f"model: {{base: '{tiny_base_dir}'}}\nloss: {{lpips_pretrained: false}}\n"
                       f"run: {{output_dir: '{out}', mixed_precision: 'no', device: cpu}}\n")
     assert main(["train", "--config", str(config), "--resume", str(tmp_path / "nowhere")]) == 2
-    assert "not a checkpoint folder" in capsys.readouterr().err
+    assert f"--resume {tmp_path / 'nowhere'}: not a checkpoint folder" in capsys.readouterr().err
     assert main(["train", "--config", str(config), "--export-only"]) == 2
+    assert "--export-only needs --resume" in capsys.readouterr().err
     assert main(["train", "--config", str(config), "--resume", "latest", "--export-only",
                  "--output-dir", str(tmp_path / "again")]) == 2  # nothing to resume there
     assert "no checkpoint to export" in capsys.readouterr().err
@@ -238,6 +239,18 @@ def test_cli_export_only_and_bad_resume(trained, tiny_base_dir, tmp_path, capsys
     exported = OSEDiffWeights.load(out / "export" / "osediff.safetensors")
     final = trainer.gen.export()  # the last checkpoint is step 3, the final state
     assert all(torch.equal(exported.unet_state[k], v) for k, v in final.unet_state.items())
+
+
+def test_resume_latest_with_no_checkpoint_names_the_argument(trained, tmp_path, capsys, monkeypatch):
+    from osediff.cli.flags import flag_for
+
+    _, trainer, _ = trained
+    monkeypatch.setattr(trainer.config.run, "output_dir", str(tmp_path / "fresh"))
+    counters = dict(trainer.counters)
+    assert trainer.resume("latest") is None and trainer.counters == counters
+    assert capsys.readouterr().out == "resume latest: no checkpoint yet, starting from step 0\n"
+    assert trainer.resume("latest", name_of=flag_for) is None  # as osediff train words it
+    assert capsys.readouterr().out == "--resume latest: no checkpoint yet, starting from step 0\n"
 
 
 @pytest.mark.slow

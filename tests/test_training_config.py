@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import pickle
 import urllib.error
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from PIL import Image
 
 from conftest import REALSR, REPO_ROOT
 from osediff.cli import main
+from osediff.cli.flags import flag_for
 from osediff.training.config import ConfigError, TrainConfig
 from osediff.training.data import HQDataset
 
@@ -107,10 +109,11 @@ def test_train_errors_reach_the_cli_handler_as_one_line(tmp_path, capsys, monkey
         ("data: {sources: [hq]}\nprompts: {source: captions, cache: nope.json}\n", [],
          f"--config {config}: prompts.cache: {tmp_path / 'nope.json'}: no such file"),
         ("data: {sources: [hq]}\nmodel: {base: nowhere/sd}\n", [],
-         "model.base (a diffusers folder or hub id) in the --config file"),
+         "model.base (a diffusers folder or hub id)"),
         ("data: {sources: [hq]}\n", ["--max-steps", "0"], "--max-steps must be >= 1, got 0"),
         ("data: {sources: [hq]}\n", ["--export-only"], "--export-only needs --resume"),
-        ("data: {sources: [hq]}\n", ["--resume", str(tmp_path / "hq")], "not a checkpoint folder"),
+        ("data: {sources: [hq]}\n", ["--resume", str(tmp_path / "hq")],
+         f"--resume {tmp_path / 'hq'}: not a checkpoint folder"),
         ("data: {sources: [hq]}\n", ["--resume", "latest", "--export-only", "--output-dir", str(tmp_path / "o")],
          "--export-only: no checkpoint to export"),
     ]
@@ -280,9 +283,12 @@ def test_checkpoints_are_pruned_and_incomplete_ones_ignored(tmp_path):
         model.weight.zero_()
     assert load_checkpoint(latest, _OneProcess(), {"m": model}, {"m": optimizer}, {}) == {"step": 3, "micro_step": 6}
     assert torch.all(model.weight == 3)
-    with pytest.raises(ResumeError, match="not a checkpoint folder"):
+    with pytest.raises(ResumeError, match="not a checkpoint folder") as info:
         resolve_resume(str(root / "checkpoint-0000010"), tmp_path)
     assert resolve_resume("latest", tmp_path / "elsewhere") is None
+    # Python callers read the argument's name; the CLI shows its flag
+    assert info.value.argument == "resume" and str(info.value).startswith(f"resume {root / 'checkpoint-0000010'}: ")
+    assert info.value.message(flag_for).startswith("--resume ")
 
 
 def test_degradation_values_are_typed_at_load_time(tmp_path):
@@ -309,6 +315,10 @@ def test_training_errors_are_osediff_errors():
     for error in (ConfigError, ResumeError, LPIPSWeightsError, TrainingDataError):
         assert issubclass(error, OSEDiffError), error
     assert issubclass(ConfigError, ValueError) and issubclass(ResumeError, ValueError)
+    # argument and problem survive a trip between processes (accelerate, multiprocessing)
+    again = pickle.loads(pickle.dumps(ResumeError("x: not a checkpoint folder", argument="resume")))
+    assert type(again) is ResumeError and (again.argument, again.problem) == ("resume", "x: not a checkpoint folder")
+    assert str(again) == "resume x: not a checkpoint folder" and again.message(flag_for).startswith("--resume x")
     with pytest.raises(ConfigError, match="final_sinc_prob"):
         DegradationConfig.from_dict({"final_sinc_prob": "8e-1x"})
 

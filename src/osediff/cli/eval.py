@@ -14,10 +14,12 @@ examples:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import shlex
 import sys
 from pathlib import Path
 
+from .flags import flag_for
 from .options import add_model_options
 
 
@@ -76,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
         return _fail("nothing to evaluate: pass --sr DIR (results) or --lr DIR (run the model first)")
 
     options = EvalOptions(device=device, offline=args.offline, niqe_params=args.niqe_params,
-                          ignore_unmatched=args.ignore_unmatched, progress=not args.no_progress)
+                          ignore_unmatched=args.ignore_unmatched, progress=not args.no_progress, name_of=flag_for)
     result = evaluate(methods, args.gt, specs, options)
     if not result.metrics:
         return _fail("no metric could be computed (reasons above)", code=1)
@@ -98,7 +100,7 @@ def _methods(args: argparse.Namespace) -> dict[str, Path]:
 
     names = [n.strip() for n in args.names.split(",")] if args.names else []
     if names and len(names) != len(args.sr):
-        raise EvalInputError(f"--names gives {len(names)} names for {len(args.sr)} --sr folders")
+        raise EvalInputError(f"gives {len(names)} names for {len(args.sr)} --sr folders", argument="names")
     if not names:
         plain = [p.resolve().name for p in args.sr]
         names = [f"{p.resolve().parent.name}/{n}" if plain.count(n) > 1 else n
@@ -124,10 +126,10 @@ def _upscale(args: argparse.Namespace) -> Path | int:
     except SystemExit as exit_:
         return int(exit_.code or 2)
     config = upscale.config_from_args(upscale_args)
-    model = config.model
-    model.base, model.weights = args.base or model.base, args.weights or model.weights
-    model.device, model.dtype = args.device, args.dtype if args.dtype != "auto" else model.dtype
-    model.offline = model.offline or args.offline
+    model = config.model  # frozen: eval's own model flags make a changed copy
+    config.model = dataclasses.replace(model, base=args.base or model.base, weights=args.weights or model.weights,
+                                       device=args.device, dtype=args.dtype if args.dtype != "auto" else model.dtype,
+                                       offline=model.offline or args.offline)
     config.skip_existing = config.skip_existing or args.reuse_sr
     print(f"upscaling {args.lr} into {sr_out}", file=sys.stderr)
     status = upscale.run_local(config)

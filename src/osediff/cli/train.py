@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..errors import OSEDiffError
+from .flags import flag_for
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -23,7 +24,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 class TrainOptionError(OSEDiffError, ValueError):
-    """A flag of ``osediff train`` that cannot work; the message names it."""
+    """A flag of ``osediff train`` that cannot work; ``argument`` names it."""
 
 
 def run(args: argparse.Namespace) -> int:
@@ -31,13 +32,13 @@ def run(args: argparse.Namespace) -> int:
     from ..training.config import ConfigError, TrainConfig
 
     if args.max_steps is not None and args.max_steps < 1:
-        raise TrainOptionError(f"--max-steps must be >= 1, got {args.max_steps}")
+        raise TrainOptionError(f"must be >= 1, got {args.max_steps}", argument="max_steps")
     if args.export_only and not args.resume:
-        raise TrainOptionError("--export-only needs --resume latest|PATH")
+        raise TrainOptionError("needs --resume latest|PATH", argument="export_only")
     try:
         config = TrainConfig.from_yaml(args.config)
     except ConfigError as err:
-        raise ConfigError(f"--config {err}") from None
+        raise ConfigError(f"--config {err.message(flag_for)}") from None
     if args.output_dir:
         config.run.output_dir = args.output_dir
     if args.max_steps is not None:
@@ -50,9 +51,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         inputs = find_run_inputs(config, args.resume, export_only=args.export_only)
     except TrainingDataError as err:
-        raise TrainingDataError(f"--config {args.config}: {err}") from None
+        raise TrainingDataError(f"--config {args.config}: {err.message(flag_for)}") from None
     trainer = Trainer(config, prompt_options=inputs.prompt_options)
-    trainer.resume(args.resume, weights_only=args.export_only)
+    trainer.resume(args.resume, weights_only=args.export_only, name_of=flag_for)
     paths = trainer.export() if args.export_only else trainer.fit(dataset=inputs.dataset).exported
     for path in paths:
         print(f"wrote {path}")

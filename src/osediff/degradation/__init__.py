@@ -8,7 +8,7 @@ model) and CodeFormer's single stage at factor 1 (the face model).
 
 from .codeformer import CodeFormerConfig, CodeFormerDegradation, FaceSampleParams
 from .config import BlurConfig, ColorJitterConfig, DegradationConfig, StageConfig
-from .pipeline import RealESRGANDegradation, SampleParams, StageParams
+from .realesrgan import RealESRGANDegradation, SampleParams, StageParams
 
 __all__ = [
     "BlurConfig",

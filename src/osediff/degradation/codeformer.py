@@ -6,7 +6,7 @@ downsample by a factor r ~ U(1, 30) to (floor(H / r), floor(W / r)) -> colour Ga
 sigma ~ U(0, 20) on the 0..255 scale, clamped -> JPEG with quality in [30, 100] -> bilinear resize
 back to (H, W). The model then restores at factor 1.
 
-As in :mod:`osediff.degradation.pipeline`, every random choice is drawn first on the CPU; the image
+As in :mod:`osediff.degradation.realesrgan`, every random choice is drawn first on the CPU; the image
 work runs on the images' device, one batch per group of samples that share the downsampled size.
 The JPEG steps go through libjpeg on the CPU (:func:`osediff.degradation.ops.jpeg`).
 """
@@ -21,7 +21,7 @@ import torch
 from . import ops
 from .config import BlurConfig, _check_range, _check_weights, build_config
 from .kernels import random_mixed_kernel, uniform
-from .pipeline import _check_input, _split_generator
+from .realesrgan import _check_input, _split_generator
 
 
 @dataclass

@@ -6,7 +6,7 @@ turns that into the terminal/Markdown table, a per-image CSV and a summary JSON.
 """
 
 from .metrics import PAPER_METRICS, MetricSpec, MetricUnavailable, resolve_metrics
-from .pairing import EvalInputError, ImagePair, pair_folders, read_rgb
+from .pairing import EvalInputError, ImagePair, UnmatchedNamesError, pair_folders, read_rgb
 from .runner import EvalOptions, EvalResult, MethodResult, evaluate
 
 __all__ = [
@@ -18,6 +18,7 @@ __all__ = [
     "MethodResult",
     "MetricSpec",
     "MetricUnavailable",
+    "UnmatchedNamesError",
     "evaluate",
     "pair_folders",
     "read_rgb",

@@ -28,7 +28,7 @@ TEXT_COLOUR = (20, 20, 20)
 
 
 class CompareError(OSEDiffError, ValueError):
-    """Inputs that cannot make a figure; the message says which folder or image and why."""
+    """Inputs that cannot make a figure; the message says which folder, image or argument and why."""
 
 
 @dataclass
@@ -44,7 +44,7 @@ def index_folder(folder: str | os.PathLike, role: str) -> dict[str, Path]:
     try:
         return images_by_stem(folder, role)
     except EvalInputError as err:
-        raise CompareError(str(err)) from None
+        raise CompareError(err.problem, argument=err.argument) from None
 
 
 def pair_images(lq_dir: str | os.PathLike, method_dirs: Sequence[str | os.PathLike],
@@ -78,9 +78,9 @@ def parse_crop(spec: str) -> Box | None:
     try:
         x, y, w, h = (int(v) for v in spec.split(","))
     except ValueError:
-        raise CompareError(f"--crop must be 'auto' or x,y,w,h in integers, got {spec!r}") from None
+        raise CompareError(f"must be 'auto' or x,y,w,h in integers, got {spec!r}", argument="crop") from None
     if w <= 0 or h <= 0 or x < 0 or y < 0:
-        raise CompareError(f"--crop {spec!r}: needs x, y >= 0 and w, h > 0")
+        raise CompareError(f"{spec!r}: needs x, y >= 0 and w, h > 0", argument="crop")
     return x, y, w, h
 
 
@@ -155,7 +155,7 @@ def make_grid(rows: Sequence[CompareRow], titles: Sequence[str], crop: Box | Non
               panel_width: int = 256, row_labels: bool = True) -> Image.Image:
     """The figure: a title line, then one row of panels per :class:`CompareRow` (name on the left)."""
     if zoom <= 0:
-        raise CompareError(f"--zoom must be positive, got {zoom}")
+        raise CompareError(f"must be positive, got {zoom}", argument="zoom")
     font = _font(16)
     label_width = 0
     if row_labels:
@@ -169,7 +169,7 @@ def make_grid(rows: Sequence[CompareRow], titles: Sequence[str], crop: Box | Non
         ref = images[-1]
         box = crop if crop is not None else auto_crop(ref, max(4, round(panel_width / zoom)))
         if box[0] + box[2] > ref.width or box[1] + box[3] > ref.height:
-            raise CompareError(f"--crop {box} lies outside {row.name} ({ref.width}x{ref.height})")
+            raise CompareError(f"{box} lies outside {row.name} ({ref.width}x{ref.height})", argument="crop")
         panels.append([render_panel(img, box, panel_width, zoom) for img in images])
     width = label_width + GAP + len(titles) * (panel_width + GAP)
     height = TITLE_HEIGHT + GAP + sum(r[0].height + GAP for r in panels)
@@ -190,7 +190,7 @@ def make_grid(rows: Sequence[CompareRow], titles: Sequence[str], crop: Box | Non
 
 def default_titles(method_dirs: Sequence[str | os.PathLike], names: Sequence[str] | None, has_gt: bool) -> list[str]:
     if names is not None and len(names) != len(method_dirs):
-        raise CompareError(f"--names gives {len(names)} names for {len(method_dirs)} method folders")
+        raise CompareError(f"gives {len(names)} names for {len(method_dirs)} method folders", argument="names")
     labels = list(names) if names is not None else [Path(d).resolve().name for d in method_dirs]
     return ["Bicubic", *labels, *(["HQ"] if has_gt else [])]
 

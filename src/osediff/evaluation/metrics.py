@@ -17,18 +17,19 @@ from pathlib import Path
 
 import torch
 
-from ..errors import OSEDiffError
-from .network import downloads_disabled, is_network_error
+from ..errors import OSEDiffError, as_python_argument
+from ..fileio import first_line
+from .downloads import downloads_disabled, is_network_error
 from .niqe_params import NiqeParamsError, find_niqe_params, how_to
 
 
 @dataclass(frozen=True)
 class MetricSpec:
-    name: str  # our name, lower case: what --metrics takes and the JSON/CSV keys
+    name: str  # our name, lower case: what resolve_metrics (osediff eval --metrics) takes and the JSON/CSV keys
     label: str  # column heading
     pyiqa_name: str
     lower_better: bool
-    needs_reference: bool  # full-reference: needs --gt
+    needs_reference: bool  # full-reference: needs ground truth (gt)
     per_folder: bool = False  # FID compares two image sets, not image pairs
     needs_download: bool = True  # False: computed from code alone, always available offline
     options: dict = field(default_factory=dict)
@@ -72,7 +73,16 @@ def spec_for(name: str) -> MetricSpec:
 
 
 class MetricUnavailable(OSEDiffError, RuntimeError):
-    """A metric that cannot be built here; the message is the one-line reason shown to the user."""
+    """A metric that cannot be built here; the message is the one-line reason shown to the user.
+
+    With ``argument="niqe_params"`` the reason ends with how to supply NIQE's parameters
+    (:func:`.niqe_params.how_to`), naming that argument through ``name_of``.
+    """
+
+    def message(self, name_of: Callable[[str], str] = as_python_argument) -> str:
+        if self.argument == "niqe_params":
+            return f"{self.problem}; or {how_to(name_of)}"
+        return super().message(name_of)
 
 
 class UnknownMetricError(OSEDiffError, ValueError):
@@ -107,7 +117,8 @@ def load_metric(spec: MetricSpec, device: torch.device, *, offline: bool = False
     try:
         metric = _create_quietly(spec, device, options, offline)
     except Exception as err:  # pyiqa and the libraries under it raise anything; the report says what
-        raise MetricUnavailable(_reason(spec, err, offline)) from err
+        hint = "niqe_params" if spec.name == "niqe" and is_network_error(err) else None
+        raise MetricUnavailable(_reason(spec, err, offline), argument=hint) from err
     if spec.per_folder:
         def score_folders(sr_dir: Path, gt_dir: Path) -> float:
             return float(metric(str(sr_dir), str(gt_dir), verbose=False))
@@ -135,16 +146,15 @@ def _create_quietly(spec: MetricSpec, device: torch.device, options: dict, offli
 
 
 def _reason(spec: MetricSpec, err: BaseException, offline: bool) -> str:
-    detail = str(err).strip().splitlines()[0] if str(err).strip() else ""
-    detail = f"{type(err).__name__}: {detail}"
+    detail = f"{type(err).__name__}: {first_line(err)}" if str(err).strip() else type(err).__name__
     detail = detail if len(detail) <= 160 else detail[:159] + "…"
     if is_network_error(err):
         from .niqe_params import pyiqa_cached_file
 
-        hint = f"; or {how_to()}" if spec.name == "niqe" else ""
         why = "downloads are off" if offline else "download failed"
+        # NIQE's other source (MetricUnavailable's niqe_params hint) follows in the message
         return (f"{spec.label}: weights not cached here and {why} ({detail}); pyiqa keeps them in "
-                f"{pyiqa_cached_file().parent}{hint}")
+                f"{pyiqa_cached_file().parent}")
     if isinstance(err, ImportError) and "pkg_resources" in str(err):
         return f"{spec.label}: pyiqa needs pkg_resources: pip install 'setuptools<81' ({detail})"
     return f"{spec.label}: could not be initialised ({detail})"

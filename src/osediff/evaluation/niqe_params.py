@@ -7,7 +7,8 @@ PyPI inside the source distribution of BasicSR (``basicsr/metrics/niqe_pris_para
 straight out of the archive (no extraction, no pickle) and write the .mat layout pyiqa expects.
 
 Where the parameters come from, first match wins:
-1. ``--niqe-params`` / ``$OSEDIFF_NIQE_PARAMS``: a .mat, a .npz or a BasicSR sdist (.tar.gz);
+1. the ``niqe_params`` argument (``osediff eval --niqe-params``) / ``$OSEDIFF_NIQE_PARAMS``: a .mat,
+   a .npz or a BasicSR sdist (.tar.gz);
 2. pyiqa's own cache (``<torch hub>/pyiqa/niqe_modelparameters.mat``), from an earlier download;
 3. our converted copy in ``<osediff cache>/niqe/``;
 4. a ``basicsr-*.tar.gz`` left in the osediff cache folder (e.g. by ``pip download -d``);
@@ -19,13 +20,14 @@ from __future__ import annotations
 import io
 import os
 import tarfile
-import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 from ..checkpoint.hub import cache_dir
-from ..errors import OSEDiffError
+from ..errors import OSEDiffError, as_python_argument
+from ..fileio import atomic_write
 
 ENV_VAR = "OSEDIFF_NIQE_PARAMS"
 PYIQA_FILE = "niqe_modelparameters.mat"
@@ -33,10 +35,10 @@ SDIST_MEMBER = "basicsr/metrics/niqe_pris_params.npz"
 FEATURES = 36  # NIQE's feature vector: 18 per scale, 2 scales
 
 
-def how_to() -> str:
-    """The one-line fix shown when NIQE has no parameters."""
+def how_to(name_of: Callable[[str], str] = as_python_argument) -> str:
+    """The one-line fix shown when NIQE has no parameters, naming the argument through ``name_of``."""
     return (f"pip download --no-deps basicsr==1.4.2 -d {cache_dir()} (found there automatically), "
-            f"or pass the .tar.gz with --niqe-params / ${ENV_VAR}")
+            f"or pass the .tar.gz as {name_of('niqe_params')} / ${ENV_VAR}")
 
 
 class NiqeParamsError(OSEDiffError, ValueError):
@@ -139,13 +141,6 @@ def write_mat(mu: np.ndarray, cov: np.ndarray, dst: Path) -> Path:
     """pyiqa's .mat layout, written atomically so a parallel run never reads half a file."""
     import scipy.io
 
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.stem}.", suffix=".mat")
-    os.close(fd)
-    try:
-        scipy.io.savemat(tmp, {"mu_prisparam": mu.reshape(1, -1), "cov_prisparam": cov})
-        os.replace(tmp, dst)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return dst
+    arrays = {"mu_prisparam": mu.reshape(1, -1), "cov_prisparam": cov}
+    # appendmat=False: the temporary file is the one to fill, whatever its suffix
+    return atomic_write(dst, lambda tmp: scipy.io.savemat(str(tmp), arrays, appendmat=False))

@@ -8,13 +8,14 @@ computed, so one run reports all of them at once.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from ..errors import OSEDiffError
+from ..errors import OSEDiffError, as_python_argument
 from ..images import IMAGE_SUFFIXES, list_images
 
 _SHOWN = 5  # names listed per problem before "and N more"
@@ -22,6 +23,16 @@ _SHOWN = 5  # names listed per problem before "and N more"
 
 class EvalInputError(OSEDiffError, ValueError):
     """Folders or images that cannot be evaluated; the message names the path and the problem."""
+
+
+class UnmatchedNamesError(EvalInputError):
+    """Result and ground-truth folders whose file names differ; the message ends by naming ``argument``
+    (``ignore_unmatched``), which evaluates the common names instead."""
+
+    def message(self, name_of: Callable[[str], str] = as_python_argument) -> str:
+        if not self.argument:
+            return self.problem
+        return f"{self.problem} (pass {name_of(self.argument)} to evaluate the common names only)"
 
 
 @dataclass(frozen=True)
@@ -82,8 +93,8 @@ def pair_folders(sr_dir: Path, gt_dir: Path | None, *, ignore_unmatched: bool = 
         if only_gt:
             problems.append(f"{len(only_gt)} ground-truth image(s) with no result in {sr_dir}: "
                             f"{_listing(only_gt)}")
-        raise EvalInputError(f"{sr_dir}: unmatched file names: {'; '.join(problems)} "
-                             "(pass --ignore-unmatched to evaluate the common names only)")
+        raise UnmatchedNamesError(f"{sr_dir}: unmatched file names: {'; '.join(problems)}",
+                                  argument="ignore_unmatched")
     pairs = [ImagePair(sr[s].name, sr[s], gt[s]) for s in sorted(sr.keys() & gt.keys())]
     if not pairs:
         raise EvalInputError(f"{sr_dir}: no file name in common with {gt_dir}")

@@ -8,7 +8,7 @@ import json
 import math
 from pathlib import Path
 
-from ..images import write_text_atomic
+from ..fileio import write_text_atomic
 from .runner import EvalResult
 
 DIGITS = 4  # the authors' log and the paper's table

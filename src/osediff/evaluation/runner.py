@@ -10,8 +10,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..errors import as_python_argument
+from ..fileio import first_line
+from .downloads import is_network_error
 from .metrics import LoadedMetric, MetricSpec, MetricUnavailable, load_metric
-from .network import is_network_error
 from .pairing import ImagePair, pair_folders, read_rgb
 
 
@@ -45,6 +47,8 @@ class EvalOptions:
     niqe_params: str | None = None
     ignore_unmatched: bool = False
     progress: bool = True
+    # how skip reasons name an argument: its Python name, or (osediff eval) its flag via cli.flags.flag_for
+    name_of: Callable[[str], str] = as_python_argument
 
 
 def evaluate(methods: dict[str, Path], gt: Path | None, specs: list[MetricSpec],
@@ -86,14 +90,14 @@ def _load_all(specs: list[MetricSpec], have_gt: bool, options: EvalOptions,
     # metrics computed from code alone first: if a download later fails we still have them
     for spec in sorted(specs, key=lambda s: s.needs_download):
         if spec.needs_reference and not have_gt:
-            skipped[spec.name] = f"{spec.label}: needs ground truth (--gt)"
+            skipped[spec.name] = f"{spec.label}: needs ground truth ({options.name_of('gt')})"
             note(f"skipped {skipped[spec.name]}")
             continue
         try:
             loaded.append(load_metric(spec, options.device, offline=offline, niqe_params=options.niqe_params))
         except MetricUnavailable as err:
-            skipped[spec.name] = str(err)
-            note(f"skipped {err}")
+            skipped[spec.name] = err.message(options.name_of)
+            note(f"skipped {skipped[spec.name]}")
             # one failed download is enough to know: don't sit through retries for the next ones
             offline = offline or (err.__cause__ is not None and is_network_error(err.__cause__))
     order = {spec.name: i for i, spec in enumerate(specs)}
@@ -130,5 +134,5 @@ def _to_tensor(rgb: np.ndarray, device: torch.device) -> torch.Tensor:
 
 
 def _one_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()[0] if str(err).strip() else ""
-    return f"{type(err).__name__}: {text}"[:200]
+    text = f"{type(err).__name__}: {first_line(err)}" if str(err).strip() else type(err).__name__
+    return text[:200]

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from ..errors import OSEDiffError
+from ..fileio import first_line
 
 
 class LPIPSWeightsError(OSEDiffError, RuntimeError):
@@ -26,9 +27,10 @@ def _fetch_vgg16_weights() -> None:
     try:
         weights.get_state_dict(progress=False)  # cached in torch.hub.get_dir()/checkpoints after one download
     except Exception as err:  # urllib, SSL and OS errors all mean the same thing here
+        detail = f"{type(err).__name__}: {first_line(err)}" if str(err).strip() else type(err).__name__
         raise LPIPSWeightsError(
             f"LPIPS needs torchvision's VGG16 ImageNet weights ({weights.url}) and could not get them "
-            f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); connect once, or place "
+            f"({detail}); connect once, or place "
             f"the file in {torch.hub.get_dir()}/checkpoints/, or set loss.lpips_pretrained: false for a smoke run"
         ) from None
 

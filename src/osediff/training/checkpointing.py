@@ -4,7 +4,7 @@ A checkpoint is a folder ``checkpoints/checkpoint-<step>`` holding the trainable
 (LoRA, conv_in, discriminator), the optimiser, LR-scheduler and grad-scaler states, every
 process's RNG states (python, numpy, torch, CUDA), the step counters and the config. It is written
 into a hidden temporary folder and renamed into place, so a crash never leaves a half checkpoint
-that ``--resume latest`` would pick. The data stream needs no state of its own: samples are a
+that ``resume="latest"`` would pick. The data stream needs no state of its own: samples are a
 function of (seed, position), and the position follows from the micro-step counter.
 Multi-node runs need the output folder on a shared file system.
 """
@@ -30,7 +30,7 @@ _NAME = re.compile(rf"^{PREFIX}(\d+)$")
 
 
 class ResumeError(OSEDiffError, ValueError):
-    """``--resume`` names nothing usable."""
+    """The checkpoint to resume from (``argument="resume"``, ``osediff train --resume``) is not usable."""
 
 
 def checkpoints_root(output_dir: str | os.PathLike) -> Path:
@@ -52,7 +52,7 @@ def resolve_resume(spec: str | None, output_dir: str | os.PathLike) -> Path | No
         return found[-1] if found else None
     path = Path(spec)
     if not (path / "state.json").is_file():
-        raise ResumeError(f"--resume {spec}: not a checkpoint folder (no state.json)")
+        raise ResumeError(f"{spec}: not a checkpoint folder (no state.json)", argument="resume")
     return path
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from ..errors import as_python_argument
 from .checkpointing import load_checkpoint, resolve_resume, save_checkpoint
 from .config import RunConfig, TrainConfig
 from .data import HQDataset, build_dataset, load_validation_images, make_loader
@@ -172,13 +174,16 @@ class Trainer:
             optimizers["critic"], schedulers["critic"] = self.opt_c, self.sched_c
         return models, optimizers, schedulers
 
-    def resume(self, spec: str | None, weights_only: bool = False) -> Path | None:
-        """Load ``latest`` or a checkpoint path; ``weights_only`` skips optimiser and RNG state (export)."""
+    def resume(self, spec: str | None, weights_only: bool = False,
+               name_of: Callable[[str], str] = as_python_argument) -> Path | None:
+        """Load ``latest`` or a checkpoint path; ``weights_only`` skips optimiser and RNG state (export).
+
+        ``name_of`` names the argument in the note printed when ``latest`` finds nothing (the CLI: a flag)."""
         path = resolve_resume(spec, self.config.run.output_dir)
         if path is not None:
             self.counters = load_checkpoint(path, self.accelerator, *self._parts(), weights_only=weights_only)
         elif spec == "latest":
-            self.accelerator.print("--resume latest: no checkpoint yet, starting from step 0")
+            self.accelerator.print(f"{name_of('resume')} latest: no checkpoint yet, starting from step 0")
         return path
 
     def save(self) -> Path:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
+from ..fileio import atomic_write
 from .model import Generator
 
 
@@ -17,12 +16,7 @@ def save_strip(rows: list[tuple[torch.Tensor, ...]], path: Path) -> Path:
     """One row per image: the given (3, H, W) tensors in [0, 1] side by side (LQ | output | HQ)."""
     strip = torch.cat([torch.cat([t.float().clamp(0, 1).cpu() for t in row], dim=2) for row in rows], dim=1)
     array = (strip.permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".png")
-    os.close(fd)
-    Image.fromarray(array).save(tmp)
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, lambda tmp: Image.fromarray(array).save(tmp, format="PNG"))
 
 
 def export_generator(generator: Generator, folder: Path, stem: str = "osediff") -> list[Path]:
