@@ -62,8 +62,8 @@ def measure(engine: str, base: Path, weights: Path, inputs: list[str], out: Path
             time.sleep(0.2)
 
     threading.Thread(target=sample, daemon=True).start()
-    config = BatchConfig(inputs=inputs, output=out, prompt_extractor="text",
-                         model=ModelOptions(base=str(base), weights=str(weights), device="cpu"))
+    config = BatchConfig(inputs=inputs, output=out,
+                         model=ModelOptions(base=str(base), weights=str(weights), device="cpu"))  # prompt: text
     times: list[float] = []
     started = time.perf_counter()
 

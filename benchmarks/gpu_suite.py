@@ -10,7 +10,7 @@ memory is its own. Rows, in the order they run:
   ours_b1            merged LoRA, fp16 (--dtype), channels_last, 128->512 at batch 1 after warm-up:
                      end to end (VAE encode + UNet + VAE decode + colour fix + PIL), per stage
   ours_b1_nchw       the same without channels_last (does NHWC help here?)
-  ours_b8, ours_b16  images/s through OSEDiffPipeline.run_batch
+  ours_b8, ours_b16  images/s through OSEDiffPipeline.run_batch (one model call per batch)
   authors_fp32/fp16  unmerged peft LoRA, sampled latent, text encoder run per image
   multistep50(+_control)  50 classifier-free-guided UNet steps, with the ControlNet branch
   drift              fp16, bf16, fp16 + fp32 up blocks, fp16 + fp32 decoder vs fp32: levels, PSNR,
@@ -43,10 +43,11 @@ from diffusers.utils import logging as diffusers_logging
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import PROMPT, cfg_unet_step, drift, lr_images, peak_memory_gib
-from osediff.components import BaseComponents, load_base_components
+from osediff.components import BaseComponents, encode_text, load_base_components
 from osediff.device import pick_device, pick_dtype
-from osediff.images import write_text_atomic
+from osediff.fileio import write_text_atomic
 from osediff.pipeline import OSEDiffPipeline, TileConfig
+from osediff.tiling.memory import vae_map_store
 
 FP16_MAX = 65504.0
 
@@ -69,12 +70,11 @@ class Suite:
         channels_last) or, with ``merge=False`` and ``text_encoder``, the authors' runtime form."""
         c = self.components
         parts = BaseComponents(copy.deepcopy(c.vae), copy.deepcopy(c.unet),
-                               copy.deepcopy(c.text_encoder) if text_encoder else c.text_encoder,
-                               c.tokenizer, c.scheduler)
-        pipe = OSEDiffPipeline(parts)
+                               copy.deepcopy(c.text_encoder) if text_encoder else None, c.tokenizer, c.scheduler)
+        # without a text encoder of its own: the prompts encoded on the CPU with the shared one
+        embeds = {} if text_encoder else {p: encode_text(c.tokenizer, c.text_encoder, p) for p in (PROMPT, "")}
+        pipe = OSEDiffPipeline(parts, prompt_embeds=embeds)
         pipe.load_weights(self.weights, merge=merge)
-        if not text_encoder:  # encode on the CPU with the shared text encoder, then drop it
-            pipe.keep_only_prompts([PROMPT, ""])
         pipe.to(self.device, dtype or self.dtype)
         if merge:
             pipe.optimize(channels_last=channels_last)
@@ -143,7 +143,7 @@ def ours_b1_nchw(suite: Suite) -> dict:
 
 def _ours_batch(suite: Suite, batch: int) -> dict:
     pipe = suite.pipeline()
-    images = lr_images(suite.args.lr_size, 1) * batch  # one size, as run_batch needs
+    images = lr_images(suite.args.lr_size, 1) * batch  # one size: one model call
     resident = reset_peak(suite.device)
     r = timed_runs(pipe, lambda: pipe.run_batch(images, 4, [PROMPT] * batch), 1, max(1, suite.args.repeats // 4))
     return {**r, "batch": batch, "images_per_s": batch / r["seconds"], "ms_per_image": 1000 * r["seconds"] / batch,
@@ -164,8 +164,7 @@ def _authors(suite: Suite, dtype: torch.dtype) -> dict:
     pipe = suite.pipeline(dtype=dtype, merge=False, text_encoder=True)
     image = lr_images(suite.args.lr_size, 1)[0]
 
-    def call() -> list:
-        pipe.clear_prompt_cache()  # their script runs the text encoder for every image
+    def call() -> list:  # a plain call keeps no prompt cache: the text encoder runs every time, as in their script
         return [pipe.run(image, 4, PROMPT, latent="sample", seed=0)]
 
     resident = reset_peak(suite.device)
@@ -278,7 +277,7 @@ def _big(suite: Suite, vae_maps: str) -> dict:
     image = lr_images(size, 1)[0]
     out_pixels = (4 * size) ** 2
     resident = reset_peak(suite.device)
-    maps_on = tiles.vae_store(suite.device, out_pixels, pipe.vae.dtype).type
+    maps_on = vae_map_store(tiles.vae_maps, suite.device, out_pixels, pipe.vae.dtype).type
     benchmark, torch.backends.cudnn.benchmark = torch.backends.cudnn.benchmark, False  # tile shapes vary, one run
     try:
         start = time.perf_counter()

@@ -12,8 +12,9 @@ from PIL import Image
 
 from osediff.batch import BatchConfig, BatchConfigError, ModelOptions, run, validate
 from osediff.cli import main
-from osediff.color import ALIGN_METHODS
-from osediff.pipeline import OSEDiffPipeline, TileConfig
+from osediff.params import ParamError, TileConfig, UpscaleParams
+from osediff.pipeline import OSEDiffPipeline
+from osediff.prompts import UnknownPromptExtractorError
 
 
 @pytest.fixture
@@ -31,46 +32,57 @@ def write_images(folder: Path, sizes: list[tuple[int, int]]) -> Path:
     return folder
 
 
-def config(tmp_path: Path, inputs: list[str], **kwargs) -> BatchConfig:
-    return BatchConfig(inputs=inputs, output=tmp_path / "out", upscale=2, prompt_extractor="text", **kwargs)
+def config(tmp_path: Path, inputs: list[str], prompt: str = "", **kwargs) -> BatchConfig:
+    return BatchConfig(inputs=inputs, output=tmp_path / "out", params=UpscaleParams(upscale=2, prompt=prompt), **kwargs)
 
 
 def test_validate_refuses_each_bad_option_before_anything_loads(tmp_path):
+    from osediff.cli.flags import flag_for
+    from osediff.device import DtypeError
+
     write_images(tmp_path / "in", [(8, 8)])
     good = config(tmp_path, [str(tmp_path / "in")])
     validate(good)
-    assert good.tiles == TileConfig() and good.align in ALIGN_METHODS
+    assert good.params.tiles == TileConfig() and good.params.prompt_extractor == "text"
     bad = [
-        ({"inputs": []}, "non-empty list"),
-        ({"inputs": str(tmp_path / "in")}, "non-empty list"),
-        ({"align": "median"}, f"align must be one of {', '.join(ALIGN_METHODS)}"),
-        ({"latent": "mean"}, "latent must be one of mode, sample"),
-        ({"prompt_extractor": "dapee"}, "prompt extractor 'dapee' is unknown"),
-        ({"format": "gif"}, "format must be one of"),
-        ({"max_pixels": 0}, "max pixels"),
-        ({"tiles": TileConfig(vae_maps="gpu")}, "vae maps must be one of auto, device, cpu"),
-        ({"model": ModelOptions(dtype="fp8")}, "unknown dtype 'fp8'"),
-        ({"inputs": ["s3://bucket/photos"]}, "--engine ray only"),
+        ({"inputs": []}, BatchConfigError, "inputs must be a non-empty list", "INPUT must be"),
+        ({"inputs": str(tmp_path / "in")}, BatchConfigError, "inputs must be a non-empty list", "INPUT must be"),
+        ({"params": UpscaleParams(prompt_extractor="dapee")}, UnknownPromptExtractorError,
+         "'dapee' is not a prompt extractor", "'dapee' is not a prompt extractor"),
+        ({"max_pixels": 0}, BatchConfigError, "max_pixels must be > 0", "--max-pixels must be > 0"),
+        ({"batch_size": 0}, BatchConfigError, "batch_size must be >= 1", "--batch-size must be >= 1"),
+        ({"model": ModelOptions(dtype="fp8")}, DtypeError, "dtype 'fp8' is not a dtype", "--dtype 'fp8' is not"),
+        ({"model": ModelOptions(decoder_dtype="fp8")}, DtypeError, "decoder_dtype 'fp8'", "--decoder-dtype 'fp8'"),
+        ({"inputs": ["s3://bucket/photos"]}, BatchConfigError, "Ray engine only (engine ray)",
+         "Ray engine only (--engine ray)"),
     ]
-    for change, message in bad:
-        with pytest.raises(BatchConfigError, match=message.replace("(", r"\(")):
+    for change, kind, message, cli in bad:
+        with pytest.raises(kind) as info:
             validate(BatchConfig(**{**good.__dict__, **change}))
+        assert message in str(info.value) and cli in info.value.message(flag_for), (str(info.value), cli)
+    # what the parameters refuse, they refuse where they are made, naming the field
+    for make, message in [(lambda: UpscaleParams(align="median"), "align must be one of adain, wavelet, none"),
+                          (lambda: UpscaleParams(latent="mean"), "latent must be one of mode, sample"),
+                          (lambda: UpscaleParams(format="gif"), "format must be one of"),
+                          (lambda: TileConfig(vae_maps="gpu"), "tiles.vae_maps must be one of auto, device, cpu")]:
+        with pytest.raises(ParamError, match=message):
+            make()
 
 
 def test_same_size_images_go_through_the_model_together(tiny_pipe, tmp_path, monkeypatch):
     src = write_images(tmp_path / "in", [(8, 8), (12, 8), (8, 8), (8, 8), (12, 8)])
-    singles = run(config(tmp_path, [str(src)], save_prompts=True), pipe=tiny_pipe)
+    singles = run(config(tmp_path, [str(src)], save_prompts=True), upscaler=tiny_pipe)
     expected = {name: np.asarray(Image.open(tmp_path / "out" / name)).astype(int) for name in
                 sorted(p.name for p in src.iterdir())}
     calls = []
-    run_batch = OSEDiffPipeline.run_batch
+    super_resolve = OSEDiffPipeline.super_resolve
 
-    def spy(pipe, images, *args, **kwargs):
-        calls.append([image.size for image in images])
-        return run_batch(pipe, images, *args, **kwargs)
+    def spy(pipe, x_l, *args, **kwargs):
+        calls.append([(x_l.shape[-1] // 2, x_l.shape[-2] // 2)] * x_l.shape[0])
+        return super_resolve(pipe, x_l, *args, **kwargs)
 
-    monkeypatch.setattr(OSEDiffPipeline, "run_batch", spy)
-    batched = run(config(tmp_path, [str(src)], batch_size=2, save_prompts=True), pipe=tiny_pipe)
+    monkeypatch.setattr(OSEDiffPipeline, "super_resolve", spy)
+    batched = run(config(tmp_path, [str(src)], batch_size=2, save_prompts=True), upscaler=tiny_pipe)
     # one chunk of batch_size inputs at a time, grouped by size within it
     assert calls == [[(8, 8)], [(12, 8)], [(8, 8), (8, 8)], [(12, 8)]]
     assert (singles.written, batched.written, batched.failed, batched.skipped) == (5, 5, 0, 0)
@@ -84,12 +96,12 @@ def test_the_summary_has_one_record_per_input(tiny_pipe, tmp_path):
     src = write_images(tmp_path / "in", [(8, 8), (8, 8)])
     (src / "broken.png").write_text("not an image")
     seen = []
-    first = run(config(tmp_path, [str(src)], prompt="sky"), pipe=tiny_pipe, on_record=seen.append)
+    first = run(config(tmp_path, [str(src)], prompt="sky"), upscaler=tiny_pipe, on_record=seen.append)
     assert [(Path(r.input).name, r.status) for r in first.records] == [
         ("broken.png", "failed"), ("im0.png", "written"), ("im1.png", "written")]
     assert seen == first.records and first.records[0].error.endswith("not an image file (format not recognised)")
     assert all(r.seconds > 0 and r.prompt == "sky" for r in first.records[1:])
-    again = run(config(tmp_path, [str(src / "im*.png")], skip_existing=True), pipe=tiny_pipe)
+    again = run(config(tmp_path, [str(src / "im*.png")], skip_existing=True), upscaler=tiny_pipe)
     assert (again.written, again.failed, again.skipped) == (0, 0, 2)
     assert again.records[0].output == str(tmp_path / "out" / "im0.png")
 

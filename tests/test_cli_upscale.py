@@ -149,12 +149,15 @@ def no_model_loads(monkeypatch):
 
 @pytest.mark.parametrize(("flags", "message"), [
     (["{tmp}/missing_folder"], "missing_folder: no such file or folder"),
-    (["{tmp}/in", "-s", "0.5"], "upscale factor must be a number >= 1"),
-    (["{tmp}/in", "--quality", "0"], "quality must be 1-100"),
-    (["{tmp}/in", "--latent-tile", "32", "--latent-overlap", "32"], "latent tile overlap must be 0..31"),
-    (["{tmp}/in", "--batch-size", "0"], "batch size must be >= 1"),
-    (["{tmp}/in", "--prompts-from", "{tmp}/nowhere"], "--prompts-from"),
-    (["{tmp}/in", "--device", "nonsense"], "nonsense"),
+    (["{tmp}/in", "-s", "0.5"], "--upscale must be a number >= 1, got 0.5"),
+    (["{tmp}/in", "--quality", "0"], "--quality must be an integer 1-100, got 0"),
+    (["{tmp}/in", "--latent-tile", "32", "--latent-overlap", "32"],
+     "--latent-overlap must be 0..31 (below the latent tile of 32), got 32"),
+    (["{tmp}/in", "--tile-batch", "0"], "--tile-batch must be an integer >= 1, got 0"),
+    (["{tmp}/in", "--batch-size", "0"], "--batch-size must be >= 1"),
+    (["{tmp}/in", "--prompt-batch-size", "0"], "--prompt-batch-size must be an integer >= 1"),
+    (["{tmp}/in", "--prompts-from", "{tmp}/nowhere"], "--prompts-from {tmp}/nowhere: no such folder"),
+    (["{tmp}/in", "--device", "nonsense"], "--device 'nonsense' is not a device"),
 ])
 def test_inputs_and_options_fail_in_one_line_before_any_model_loads(tmp_path, capsys, no_model_loads, flags,
                                                                     message):
@@ -163,7 +166,7 @@ def test_inputs_and_options_fail_in_one_line_before_any_model_loads(tmp_path, ca
     argv = [flag.format(tmp=tmp_path) for flag in flags]
     assert main(["upscale", *argv, "-o", str(tmp_path / "out"), "--prompt-extractor", "text"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error:") and message in err and len(err.strip().splitlines()) == 1
+    assert err.startswith("error:") and message.format(tmp=tmp_path) in err and len(err.strip().splitlines()) == 1
 
 
 def test_an_output_folder_that_cannot_be_written_fails_before_any_model_loads(tmp_path, capsys, no_model_loads):
@@ -172,7 +175,7 @@ def test_an_output_folder_that_cannot_be_written_fails_before_any_model_loads(tm
     for output in (tmp_path / "file", tmp_path / "file" / "sub"):
         assert main(["upscale", str(tmp_path / "a.png"), "-o", str(output), "--prompt-extractor", "text"]) == 2
         err = capsys.readouterr().err
-        assert err.startswith(f"error: output {output}") and len(err.strip().splitlines()) == 1
+        assert err.startswith(f"error: --output {output}") and len(err.strip().splitlines()) == 1
 
 
 def test_unknown_choices_are_refused_by_the_parser(tmp_path, capsys, no_model_loads):
@@ -191,7 +194,7 @@ def test_help_shows_the_defaults_of_the_tile_config(capsys):
     text = " ".join(capsys.readouterr().out.split())
     defaults = TileConfig()
     assert f"UNet tile in latent pixels (x8 in pixels) (default: {defaults.latent_tile})" in text
-    assert f"UNet tiles per forward pass (default: {defaults.batch_size})" in text
+    assert f"UNet tiles per forward pass (default: {defaults.tiles_per_pass})" in text
     assert "colour alignment: adain, wavelet, none (default: the preset's, adain for osediff)" in text
     assert "(default: dape)" in text and "(default: None)" not in text
 
@@ -203,8 +206,9 @@ def test_missing_dape_weights_fail_clearly_unless_a_fallback_is_asked(cli, tmp_p
     Image.new("RGB", (8, 8), (10, 200, 30)).save(tmp_path / "a.png")
     assert cli(str(tmp_path / "a.png"), "-o", str(tmp_path / "o"), "--prompt-extractor", "dape", "--offline") == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: prompt extractor 'dape'") and "--prompt-fallback" in err
-    assert "ram_swin_large_14m.pth" in err and "DAPE.pth" in err
+    assert err.startswith("error: DAPE prompts: ") and err.count("\n") == 1
+    assert "ram_swin_large_14m.pth" in err and "DAPE.pth" in err and "--dape <DAPE.pth>" in err
+    assert err.rstrip().endswith("(or --prompt-fallback text to go on without them)")
     code = cli(str(tmp_path / "a.png"), "-o", str(tmp_path / "o"), "--prompt-extractor", "dape", "--offline",
                "--prompt-fallback", "text", "--prompt", "grass", "--save-prompts")
     assert code == 0
@@ -258,15 +262,17 @@ def test_prompt_extractor_runs_batched_once_per_image(cli, tmp_path, monkeypatch
 
     monkeypatch.setattr(base, "_REGISTRY", dict(base._REGISTRY))
     base.register_prompt_extractor("counting")(factory)
+    from osediff.pipeline import Upscaler
+
     kept = []
-    keep_only_prompts = OSEDiffPipeline.keep_only_prompts
+    release = Upscaler.release_prompt_models
 
-    def record(pipe, prompts):
+    def record(upscaler, prompts):
         kept.append(list(prompts))
-        keep_only_prompts(pipe, prompts)
-        assert pipe.prompt_extractor is None and pipe.text_encoder is None
+        release(upscaler, prompts)
+        assert upscaler.pipe.text_encoder is None
 
-    monkeypatch.setattr(OSEDiffPipeline, "keep_only_prompts", record)
+    monkeypatch.setattr(Upscaler, "release_prompt_models", record)
     src, out = tmp_path / "in", tmp_path / "out"
     src.mkdir()
     for i in range(3):

@@ -49,7 +49,7 @@ def test_wavelet_matches_numpy_decomposition():
 def test_align_none_and_unknown():
     x = torch.rand(1, 3, 4, 4)
     assert align_colors(x, x * 0, "none") is x
-    with pytest.raises(ValueError, match="unknown colour alignment"):
+    with pytest.raises(ValueError, match="align must be one of adain, wavelet, none"):
         align_colors(x, x, "lab")
 
 

@@ -10,11 +10,13 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from osediff.app import DEMO_LIMITS, DemoInputError, ExampleLibrary, RequestLimits, UpscaleService
-from osediff.app.limits import check_request, check_upload, resolve_upload
-from osediff.app.service import DemoSettings, safe_stem, tile_config
+from osediff.demo import DEMO_LIMITS, DemoInputError, ExampleLibrary, RequestLimits, UpscaleService
+from osediff.demo.service import DemoSettings, safe_stem
+from osediff.demo.uploads import check_request, check_upload, resolve_upload
 from osediff.images import LoadedImage
-from osediff.pipeline import OSEDiffPipeline
+from osediff.params import TileConfig
+from osediff.pipeline import OSEDiffPipeline, Upscaler
+from osediff.prompts.offered import PromptExtractors
 
 
 @pytest.fixture
@@ -99,8 +101,8 @@ def test_examples_are_looked_up_by_name_only(tmp_path):
 
 
 def test_tile_config_and_stem():
-    assert not tile_config(0).enabled
-    cfg = tile_config(768)
+    assert not TileConfig.for_output_tile(0).enabled and DemoSettings(tile_px=0).params().tiles == TileConfig(False)
+    cfg = DemoSettings(tile_px=768).params().tiles
     assert (cfg.latent_tile, cfg.latent_overlap) == (96, 32)
     assert safe_stem("../../etc/my photo (1).JPG") == "my_photo_1"
     assert safe_stem("") == "image"
@@ -119,7 +121,7 @@ def test_service_upscales_writes_png_and_reports(service):
                              name="my cat.png")
     assert result.image.size == result.bicubic.size == (80, 48)
     assert result.prompt == "a cat"
-    assert result.png_path.name == "my_cat_osediff_x4.png"
+    assert result.png_path.name == "my_cat.png"  # named as osediff upscale names it
     with Image.open(result.png_path) as png:
         assert png.size == (80, 48)
     assert {"extract", "vae_encode", "unet", "vae_decode"} <= set(result.timings)
@@ -133,13 +135,13 @@ def test_service_refuses_unknown_extractor_and_alignment(service):
     image = LoadedImage(Image.new("RGB", (8, 8)), None)
     with pytest.raises(DemoInputError, match="unknown prompt extractor"):
         service.upscale(image, DemoSettings(extractor="nonsense"))
-    with pytest.raises(DemoInputError, match="unknown colour alignment"):
+    with pytest.raises(DemoInputError, match="align must be one of adain, wavelet, none, got 'sepia'"):
         service.upscale(image, DemoSettings(align="sepia"))
 
 
 def test_layout_builds_without_launching_and_handler_refuses_paths(service, tmp_path):
     gr = pytest.importorskip("gradio")
-    from osediff.app.demo import DemoHandlers, build_demo
+    from osediff.demo.page import DemoHandlers, build_demo
 
     save(tmp_path / "ex.png", (16, 16))
     demo = build_demo(None, examples_dir=tmp_path, service=service)
@@ -181,21 +183,23 @@ def png_declaring(width: int, height: int) -> bytes:
 
 
 def test_extractors_without_files_are_not_offered_and_fail_at_once(tmp_path, monkeypatch, fresh_components,
-                                                                    no_network):
+                                                                    tiny_base_dir, tiny_pkl, no_network):
     from huggingface_hub import constants
 
-    from osediff.app.service import resolve_extractors
+    from osediff.model_files import ModelOptions, find_model_files
 
     monkeypatch.setenv("OSEDIFF_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
-    offered, unavailable = resolve_extractors("text")
-    assert set(offered) == {"none", "text"} and set(unavailable) == {"caption", "dape", "ram"}
+    others = ["caption", "dape", "none", "ram"]
+    files = find_model_files(ModelOptions(base=str(tiny_base_dir), weights=str(tiny_pkl)), ["text"], optional=others,
+                             cached_only=others)
+    assert set(files.extractors) == {"none", "text"} and set(files.unavailable) == {"caption", "dape", "ram"}
     assert no_network == []  # extractors nobody chose are looked for in the local cache only
-    service = UpscaleService(OSEDiffPipeline(fresh_components), output_dir=tmp_path / "out", extractors=offered,
-                             unavailable=unavailable)
+    extractors = PromptExtractors(files.extractors, unavailable=files.unavailable)
+    service = UpscaleService(Upscaler(OSEDiffPipeline(fresh_components), extractors), output_dir=tmp_path / "out")
     assert service.extractor_names == ["none", "text"]
     with pytest.raises(DemoInputError) as info:
-        service.extractor("dape")
+        service.upscale(LoadedImage(Image.new("RGB", (8, 8)), None), DemoSettings(extractor="dape"))
     message = str(info.value)
     assert "not offered on this server" in message and "--" not in message and "://" not in message
 
@@ -209,12 +213,13 @@ def test_an_extractor_that_failed_to_load_is_not_tried_again(tmp_path, monkeypat
         calls.append(name)
         raise ModelNotFoundError("RAM weights: unreadable")
 
-    monkeypatch.setattr("osediff.app.service.create_prompt_extractor", broken)
-    service = UpscaleService(OSEDiffPipeline(fresh_components), output_dir=tmp_path / "out",
-                             extractors={"text": {}, "ram": {"ram_path": tmp_path / "ram.pth"}})
+    monkeypatch.setattr("osediff.prompts.offered.create_prompt_extractor", broken)
+    extractors = PromptExtractors({"ram": {"ram_path": tmp_path / "ram.pth"}})
+    service = UpscaleService(Upscaler(OSEDiffPipeline(fresh_components), extractors), output_dir=tmp_path / "out")
+    image = LoadedImage(Image.new("RGB", (8, 8)), None)
     for _ in range(2):
         with pytest.raises(DemoInputError, match=r"could not be loaded on this server \(RAM weights: unreadable\)"):
-            service.extractor("ram")
+            service.upscale(image, DemoSettings(extractor="ram", tile_px=0))
     assert calls == ["ram"]
 
 
@@ -228,7 +233,7 @@ def test_the_temporary_output_folder_is_removed_on_shutdown(tiny_base_dir, tiny_
         seen["dirs"] = [p for p in Path(tempfile.gettempdir()).glob("osediff-demo-*") if p.is_dir()]
 
     before = set(Path(tempfile.gettempdir()).glob("osediff-demo-*"))
-    monkeypatch.setattr("osediff.app.demo.launch_demo", fake_launch)
+    monkeypatch.setattr("osediff.demo.page.launch_demo", fake_launch)
     assert main(["demo", "--no-examples", "--base", str(tiny_base_dir), "--weights", str(tiny_pkl),
                  "--device", "cpu", "--offline"]) == 0
     created = [p for p in seen["dirs"] if p not in before]
@@ -244,7 +249,7 @@ def served_demo(service, tmp_path, monkeypatch):
     gr = pytest.importorskip("gradio")
     import socket
 
-    from osediff.app.demo import build_demo, launch_demo
+    from osediff.demo.page import build_demo, launch_demo
 
     monkeypatch.setenv("GRADIO_ANALYTICS_ENABLED", "False")
     with socket.socket() as sock:
@@ -307,7 +312,7 @@ def test_refusals_stay_in_the_status_box(service, tmp_path):
     gr = pytest.importorskip("gradio")
     from types import SimpleNamespace
 
-    from osediff.app.demo import DemoHandlers
+    from osediff.demo.page import DemoHandlers
 
     handlers = DemoHandlers(service, ExampleLibrary.from_folder(None))
     session = SimpleNamespace(session_hash="abc")

@@ -133,7 +133,7 @@ def test_upload_upscale_and_download_full_resolution(browser_page, demo_url, lr_
     with page.expect_download() as pending:
         page.click("#download")
     download = pending.value
-    assert download.suggested_filename == f"{lr_image.stem}_osediff_x4.png"
+    assert download.suggested_filename == f"{lr_image.stem}.png"  # named as osediff upscale names it
     saved = tmp_path / download.suggested_filename
     download.save_as(saved)
     with Image.open(saved) as result:

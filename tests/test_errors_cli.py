@@ -7,12 +7,13 @@ import argparse
 import pytest
 
 from osediff import __version__
-from osediff.app.limits import DemoInputError
 from osediff.checkpoint import CheckpointError, ModelNotFoundError
 from osediff.cli import HelpFormatter, build_parser, main
+from osediff.cli.flags import flag_for
+from osediff.demo.uploads import DemoInputError
 from osediff.errors import OSEDiffError
+from osediff.evaluation.downloads import DownloadsDisabledError
 from osediff.evaluation.metrics import MetricUnavailable
-from osediff.evaluation.network import DownloadsDisabledError
 from osediff.evaluation.niqe_params import NiqeParamsError
 from osediff.images import ImageLoadError
 from osediff.prompts import UnknownPromptExtractorError
@@ -81,7 +82,7 @@ def test_help_shows_defaults_and_no_markup():
     (["eval", "--sr", "a", "b", "--names", "x", "--metrics", "psnr"], "--names gives 1 names for 2 --sr folders"),
     (["eval", "--sr", "a", "--metrics", "nosuchmetric"], "unknown metric 'nosuchmetric'"),
     (["eval", "--sr", "a", "--metrics", "psnr", "--device", "cuda:7"], "CUDA is not available"),
-    (["eval", "--sr", "a", "--metrics", "psnr", "--device", "toaster"], "unknown device 'toaster'"),
+    (["eval", "--sr", "a", "--metrics", "psnr", "--device", "toaster"], "--device 'toaster' is not a device"),
 ])
 def test_sub_commands_leave_user_errors_to_the_one_handler(argv, expected, capsys, monkeypatch):
     monkeypatch.setattr("torch.cuda.is_available", lambda: False)
@@ -98,5 +99,6 @@ def test_pipeline_argument_errors_are_user_errors():
     for cls, old_base in [(PipelineInputError, ValueError), (PromptNotEncodedError, RuntimeError),
                           (DeviceError, RuntimeError), (DtypeError, ValueError), (ScalingError, ValueError)]:
         assert issubclass(cls, OSEDiffError) and issubclass(cls, old_base)
-    with pytest.raises(ScalingError, match="--autoscale"):
+    with pytest.raises(ScalingError, match=r"^autoscale MIN:MAX needs") as info:
         parse_autoscale("3:1")
+    assert info.value.message(flag_for).startswith("--autoscale MIN:MAX needs")

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from conftest import REPO_ROOT, missing_shared_data
-from osediff.app.examples import ExampleLibrary, default_examples_dir
+from osediff.demo.examples import ExampleLibrary, default_examples_dir
 from osediff.images import collect_inputs
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from osediff.batch import BatchConfig, ModelOptions, load_pipeline, resolve_models
+from osediff.batch import BatchConfig, ModelOptions, find_batch_files, load_batch_upscaler
 from osediff.pipeline import OSEDiffPipeline
 from osediff.serve.engine import Engine, ServeConfig
 
@@ -40,10 +40,11 @@ def assert_bit_identical(loaded: dict[str, torch.Tensor], reference: dict[str, t
 
 
 def batch_pipe(tmp_path, tiny_base_dir, tiny_pkl, decoder_dtype: str) -> OSEDiffPipeline:
-    config = BatchConfig(inputs=[str(tmp_path)], output=tmp_path / "out", prompt_extractor="text",
+    config = BatchConfig(inputs=[str(tmp_path)], output=tmp_path / "out",
                          model=ModelOptions(base=str(tiny_base_dir), weights=str(tiny_pkl), device="cpu",
                                             dtype="fp32", offline=True, decoder_dtype=decoder_dtype))
-    return load_pipeline(config, resolve_models(config))
+    files, params = find_batch_files(config)
+    return load_batch_upscaler(config, files, params).pipe
 
 
 def test_auto_decoder_dtype_is_bf16_on_the_patched_cpu(bf16_cpu, tmp_path, tiny_base_dir, tiny_pkl):
@@ -59,6 +60,6 @@ def test_batch_loads_an_fp32_decoder_bit_for_bit(bf16_cpu, tmp_path, tiny_base_d
 
 
 def test_service_loads_an_fp32_decoder_bit_for_bit(bf16_cpu, tiny_base_dir, tiny_pkl, unoptimised_decoder):
-    engine = Engine(ServeConfig(base=str(tiny_base_dir), weights=str(tiny_pkl), device="cpu", dtype="fp32",
-                                decoder_dtype="fp32"))
+    engine = Engine(ServeConfig.find(ModelOptions(base=str(tiny_base_dir), weights=str(tiny_pkl), device="cpu",
+                                                  dtype="fp32", decoder_dtype="fp32", offline=True)))
     assert_bit_identical(decoder_state(engine.pipe), unoptimised_decoder)

@@ -12,7 +12,10 @@ from peft import LoraConfig
 from PIL import Image
 
 from osediff.components import encode_text
-from osediff.pipeline import OSEDiffPipeline, TileConfig
+from osediff.images import LoadedImage
+from osediff.params import ParamError, UpscaleParams
+from osediff.pipeline import OSEDiffPipeline, PromptCache, TileConfig, Upscaler
+from osediff.tiling.memory import vae_map_store
 
 
 def lq_image(width: int = 32, height: int = 24, seed: int = 0) -> Image.Image:
@@ -128,14 +131,18 @@ def test_denoise_matches_the_scheduler_step(fresh_components):
     assert pipe.alpha_bar == pytest.approx(0.0046601, abs=1e-6)
 
 
-def test_prompt_embedding_is_computed_once(fresh_components):
+def test_the_callers_upscaler_encodes_each_prompt_once_and_the_pipeline_keeps_nothing(fresh_components):
     pipe = OSEDiffPipeline(fresh_components)
     calls = []
     fresh_components.text_encoder.register_forward_hook(lambda *_: calls.append(1))
+    upscaler = Upscaler(pipe)
+    image = LoadedImage(lq_image(8, 8), None)
     for _ in range(3):
-        pipe.run(lq_image(8, 8), 2, "same prompt")
-    pipe.run(lq_image(8, 8), 2, "another prompt")
+        upscaler.upscale([(image, UpscaleParams(2, prompt="same prompt"))])
+    upscaler.upscale([(image, UpscaleParams(2, prompt="another prompt"))] * 2)
     assert len(calls) == 2
+    pipe.run(lq_image(8, 8), 2, "same prompt")  # a plain call owns no cache: it encodes again
+    assert len(calls) == 3
 
 
 def test_prompt_extractor_sees_the_upscaled_image(fresh_components):
@@ -145,11 +152,13 @@ def test_prompt_extractor_sees_the_upscaled_image(fresh_components):
         seen.extend(img.size for img in images)
         return [f"tag, {user_prompt},"] * len(images)
 
-    pipe = OSEDiffPipeline(fresh_components, prompt_extractor=extractor)
-    result = pipe.run(lq_image(10, 6), 3, "user")
+    pipe = OSEDiffPipeline(fresh_components)
+    result = pipe.run(lq_image(10, 6), 3, "user", prompt_extractor=extractor)
     assert seen == [(30, 18)]
     assert result.prompt == "tag, user,"
-    assert pipe.run(lq_image(10, 6), 3, "saved", extract_prompt=False).prompt == "saved"
+    assert result.bicubic.size == (30, 18) and result.image.size == (30, 18)
+    assert pipe.run(lq_image(10, 6), 3, "saved").prompt == "saved"  # text: the prompt as given
+    assert pipe.run(lq_image(10, 6), 3, "dropped", prompt_extractor="none").prompt == ""
 
 
 def test_latent_tiling_runs_the_unet_per_tile(fresh_components, tiny_weights):
@@ -157,7 +166,7 @@ def test_latent_tiling_runs_the_unet_per_tile(fresh_components, tiny_weights):
     pipe.load_weights(tiny_weights)
     shapes = []
     fresh_components.unet.register_forward_hook(lambda _m, args, _o: shapes.append(tuple(args[0].shape)))
-    tiles = TileConfig(latent_tile=8, latent_overlap=4, batch_size=2)
+    tiles = TileConfig(latent_tile=8, latent_overlap=4, tiles_per_pass=2)
     out = pipe.run(lq_image(24, 24), 2, "", tiles=tiles, output_type="pt").image  # latent 6x6 -> no tiles
     assert shapes == [(1, 4, 6, 6)]
     shapes.clear()
@@ -166,12 +175,21 @@ def test_latent_tiling_runs_the_unet_per_tile(fresh_components, tiny_weights):
     assert shapes == [(2, 4, 6, 8)]
 
 
-def test_check_inputs_rejects_bad_arguments(fresh_components):
+def test_bad_arguments_are_refused_naming_them(fresh_components):
     pipe = OSEDiffPipeline(fresh_components)
-    with pytest.raises(ValueError, match="upscale factor"):
-        pipe.run(lq_image(8, 8), 0.5)
-    with pytest.raises(ValueError, match="colour alignment"):
-        pipe.run(lq_image(8, 8), 2, align="histogram")
+    for kwargs, message in [({"upscale": 0.5}, "upscale must be a number >= 1, got 0.5"),
+                            ({"upscale": "abc"}, "upscale must be a number >= 1, got 'abc'"),
+                            ({"align": "histogram"}, "align must be one of adain, wavelet, none, got 'histogram'"),
+                            ({"latent": "mean"}, "latent must be one of mode, sample, got 'mean'"),
+                            ({"tiles": TileConfig(latent_tile=8, latent_overlap=2), "seed": 1.5},
+                             "seed must be an integer, got 1.5")]:
+        with pytest.raises(ParamError, match=f"^{message}$") as info:
+            pipe(lq_image(8, 8), **kwargs)
+        assert info.value.argument == message.split()[0]
+    with pytest.raises(ParamError, match=r"^tiles\.latent_overlap must be 0\.\.7 \(below the latent tile of 8\)") \
+            as info:
+        TileConfig(latent_tile=8, latent_overlap=8)
+    assert info.value.message(lambda argument: "--latent-overlap").startswith("--latent-overlap must be 0..7")
 
 
 def test_preview_decoder_replaces_the_sd_decoder(fresh_components, tiny_weights):
@@ -211,29 +229,34 @@ def test_tiled_vae_through_the_pipeline_matches_untiled(fresh_components, tiny_w
     assert diff < 1e-4
 
 
-def test_keep_only_prompts_frees_the_prompt_models(fresh_components):
-    pipe = OSEDiffPipeline(fresh_components, prompt_extractor=lambda images, prompt="": ["x"] * len(images),
-                           prompt_cache_size=1)
+def test_releasing_the_prompt_models_keeps_the_prompts_needed_and_only_for_owned_models(fresh_components):
+    from osediff.pipeline import PipelineInputError, PromptNotEncodedError
+
+    pipe = OSEDiffPipeline(fresh_components)
     expected = encode_text(pipe.tokenizer, pipe.text_encoder, "b")
-    pipe.keep_only_prompts(["a", "b", "a"])
-    assert pipe.text_encoder is None and pipe.prompt_extractor is None
-    assert torch.equal(pipe.encode_prompt("b"), expected) and pipe.encode_prompt("a").shape == expected.shape
-    with pytest.raises(RuntimeError, match="not among the prompts"):
-        pipe.encode_prompt("c")
+    with pytest.raises(PipelineInputError, match="owns_models=True"):
+        Upscaler(pipe).release_prompt_models(["a"])  # a pipeline handed in is never changed
+    assert pipe.text_encoder is not None
+    upscaler = Upscaler(pipe, prompt_cache_size=1, owns_models=True)
+    upscaler.release_prompt_models(["a", "b", "a"])
+    assert pipe.text_encoder is None
+    assert torch.equal(upscaler.prompts.get("b"), expected) and upscaler.prompts.get("a").shape == expected.shape
+    with pytest.raises(PromptNotEncodedError, match="not among the prompts"):
+        upscaler.prompts.get("c")
 
 
 def test_tiled_vae_keeps_its_maps_on_the_cpu_when_they_would_crowd_the_gpu(monkeypatch):
     cuda, cpu = torch.device("cuda"), torch.device("cpu")
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (8 * 2**30, 80 * 2**30))
-    auto = TileConfig()
+    auto = TileConfig().vae_maps
     # 2048x2048 fp16: 384 channels x 4 Mpx x 2 B = 3 GiB > 8 GiB free / 4; 1024x1024: 0.75 GiB
-    assert auto.vae_store(cuda, 2048 * 2048, torch.float16) == cpu
-    assert auto.vae_store(cuda, 1024 * 1024, torch.float16) == cuda
-    assert auto.vae_store(cpu, 8192 * 8192, torch.float32) == cpu
-    assert TileConfig(vae_maps="device").vae_store(cuda, 8192 * 8192, torch.float16) == cuda
-    assert TileConfig(vae_maps="cpu").vae_store(cuda, 64, torch.float16) == cpu
-    with pytest.raises(ValueError, match="vae_maps"):
-        TileConfig(vae_maps="disk").vae_store(cuda, 64, torch.float16)  # type: ignore[arg-type]
+    assert vae_map_store(auto, cuda, 2048 * 2048, torch.float16) == cpu
+    assert vae_map_store(auto, cuda, 1024 * 1024, torch.float16) == cuda
+    assert vae_map_store(auto, cpu, 8192 * 8192, torch.float32) == cpu
+    assert vae_map_store("device", cuda, 8192 * 8192, torch.float16) == cuda
+    assert vae_map_store("cpu", cuda, 64, torch.float16) == cpu
+    with pytest.raises(ParamError, match=r"tiles\.vae_maps must be one of auto, device, cpu"):
+        TileConfig(vae_maps="disk")  # type: ignore[arg-type]
 
 
 def test_bf16_decoder_leaves_the_encoder_in_fp32(fresh_components):
@@ -295,32 +318,31 @@ def test_from_pretrained_finds_every_file_before_loading(tiny_base_dir, tmp_path
     def must_not_load(*args, **kwargs):
         raise AssertionError("loaded a model before every file was found")
 
-    monkeypatch.setattr("osediff.pipeline.load_base_components", must_not_load)
+    monkeypatch.setattr("osediff.pipeline.model.load_base_components", must_not_load)
     with pytest.raises(ModelNotFoundError) as info:
         OSEDiffPipeline.from_pretrained(tiny_base_dir, tmp_path / "osediff.pkl", device="cpu")
     assert "file not found; pass weights=" in str(info.value) and "--weights" not in str(info.value)
 
 
-def test_prompt_cache_is_safe_across_threads(fresh_components, monkeypatch):
+def test_prompt_cache_is_safe_across_threads():
     import threading
     import time
 
-    pipe = OSEDiffPipeline(fresh_components, prompt_cache_size=3)
     encoded: list[str] = []
 
-    def slow_encode(tokenizer, text_encoder, prompt):
+    def slow_encode(prompt):
         encoded.append(prompt)
         time.sleep(0.02)  # lets the other threads in between the cache check and the insert
         return torch.full((1, 77, 8), float(len(prompt)))
 
-    monkeypatch.setattr("osediff.pipeline.encode_text", slow_encode)
+    cache = PromptCache(slow_encode, size=3)
     prompts = ["a", "bb", "ccc"] * 4
     results: dict[int, torch.Tensor] = {}
     errors: list[BaseException] = []
 
     def worker(i: int) -> None:
         try:
-            results[i] = pipe.encode_prompt(prompts[i])
+            results[i] = cache.get(prompts[i])
         except BaseException as err:  # a KeyError from a racing eviction would land here
             errors.append(err)
 

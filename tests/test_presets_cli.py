@@ -8,6 +8,7 @@ import pytest
 
 from osediff.checkpoint import ModelNotFoundError
 from osediff.cli import build_parser
+from osediff.cli.flags import flag_for
 from osediff.cli.upscale import config_from_args
 from osediff.presets import PRESETS, resolve_weights
 
@@ -18,11 +19,11 @@ def parse(*argv: str) -> argparse.Namespace:
 
 def test_face_preset_sets_factor_alignment_and_weights(tmp_path):
     config = config_from_args(parse("in.png", "-o", str(tmp_path), "--preset", "face"))
-    assert (config.upscale, config.align, config.model.preset) == (1.0, "none", "face")
+    assert (config.params.upscale, config.params.align, config.model.preset) == (1.0, "none", "face")
     config = config_from_args(parse("in.png", "-o", str(tmp_path), "--preset", "face", "-s", "2", "--align", "adain"))
-    assert (config.upscale, config.align) == (2.0, "adain")  # explicit flags win over the preset
+    assert (config.params.upscale, config.params.align) == (2.0, "adain")  # explicit flags win over the preset
     config = config_from_args(parse("in.png", "-o", str(tmp_path)))
-    assert (config.upscale, config.align, config.model.preset) == (4.0, "adain", "osediff")
+    assert (config.params.upscale, config.params.align, config.model.preset) == (4.0, "adain", "osediff")
 
 
 def test_unknown_preset_is_refused_by_the_parser(capsys):
@@ -42,7 +43,7 @@ def test_resolve_weights_tries_the_presets_published_file_and_names_the_flag(mon
     with pytest.raises(ModelNotFoundError) as info:
         resolve_weights(None, preset="face", local_files_only=True)
     assert tried == [(PRESETS["face"].weights, (), True)]
-    assert "--weights" in info.value.cli_message()
+    assert "--weights <path to osediff.pkl>" in info.value.message(flag_for)
     local = tmp_path / "mine.pkl"
     with pytest.raises(ModelNotFoundError):
         resolve_weights(local)
@@ -69,8 +70,8 @@ def test_served_requests_default_to_the_presets_factor_and_alignment(tiny_base_d
 
 def test_demo_controls_start_at_the_given_defaults(tiny_components):
     gr = pytest.importorskip("gradio")
-    from osediff.app.demo import build_demo
-    from osediff.app.service import DemoSettings, UpscaleService
+    from osediff.demo.page import build_demo
+    from osediff.demo.service import DemoSettings, UpscaleService
     from osediff.pipeline import OSEDiffPipeline
 
     service = UpscaleService(OSEDiffPipeline(tiny_components))

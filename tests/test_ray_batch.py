@@ -9,24 +9,52 @@ from __future__ import annotations
 import io
 import json
 import os
+import sys
 
 import numpy as np
 import pytest
 import ray
 from PIL import Image
+from ray import cloudpickle
 
-from osediff.batch.ray_engine import FAULT_ENV, MANIFEST_NAME
+from osediff.batch.ray_engine import MANIFEST_NAME
 from osediff.cli import main
+
+FAULT_ENV = "OSEDIFF_TEST_RAY_FAULT_FILE"
+
+
+def arm_fault() -> None:
+    """Runs in every Ray worker as it starts: while the file ``FAULT_ENV`` names exists, the first
+    replica batch to rename it away kills its worker process (the fault comes from the test; the
+    engine has no hook for it)."""
+    import os
+
+    from osediff.batch import ray_engine
+
+    call = ray_engine._Replica.__call__
+
+    def call_or_die(self, batch):
+        fault = os.environ.get("OSEDIFF_TEST_RAY_FAULT_FILE", "")
+        try:
+            os.rename(fault, f"{fault}.fired")  # atomic: exactly one batch fires, once
+        except OSError:
+            return call(self, batch)
+        os._exit(1)
+
+    ray_engine._Replica.__call__ = call_or_die
 
 
 @pytest.fixture(scope="module")
 def local_ray(tmp_path_factory):
-    """A 2-CPU Ray; workers inherit ``FAULT_ENV``, pointing at a file no test has written yet."""
+    """A 2-CPU Ray whose workers arm :func:`arm_fault` on a file no test has written yet."""
     fault = tmp_path_factory.mktemp("fault") / "kill-once"
-    os.environ[FAULT_ENV] = str(fault)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    os.environ[FAULT_ENV] = str(fault)  # the workers inherit it
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the workers cannot import this module
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env={"worker_process_setup_hook": arm_fault})
     yield fault
     ray.shutdown()
+    cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
     del os.environ[FAULT_ENV]
 
 
@@ -98,6 +126,19 @@ def test_outputs_are_pixel_identical_to_the_single_process_runner(mixed_job, ups
     assert not [p for p in ray_out.iterdir() if p.name.startswith(".")]
 
 
+def test_every_front_end_gives_the_ray_engines_bytes(mixed_job, tiny_base_dir, tiny_pkl, tmp_path, single_thread):
+    """One image and one set of options through the Ray engine, the batch runner, the service's
+    engine, the demo's service, the Python API and an Upscaler: the same PNG from each."""
+    from test_one_step import local_front_ends
+
+    _, src, _, ray_out = mixed_job
+    source = src / "im1.png"
+    outputs = local_front_ends(source, tmp_path, tiny_base_dir, tiny_pkl, upscale=2, align="adain",
+                               prompt="a photo")
+    ray_png = (ray_out / "im1.png").read_bytes()
+    assert {name: data == ray_png for name, data in outputs.items()} == dict.fromkeys(outputs, True)
+
+
 def test_bad_files_are_in_the_manifest_with_their_error_and_the_rest_written(mixed_job):
     status, good, bad, out = mixed_job
     assert status == 1
@@ -134,7 +175,7 @@ def test_a_second_run_processes_only_the_missing_images(upscale, tmp_path, capsy
     assert upscale(str(src / "im0.png"), str(src / "im2.png"), "-o", str(out), engine="local") == 0
     kept = {name: (out / name).stat().st_mtime_ns for name in ("im0.png", "im2.png")}
     capsys.readouterr()
-    assert upscale(str(src), "-o", str(out)) == 0
+    assert upscale(str(src), "-o", str(out), "--skip-existing") == 0  # the same rule as the local runner
     assert "1 written" in capsys.readouterr().out
     status = {os.path.basename(r["input"]): r["status"] for r in manifest(out)}
     assert status == {"im0.png": "skipped", "im1.png": "written", "im2.png": "skipped"}

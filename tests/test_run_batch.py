@@ -23,7 +23,7 @@ def noisy(seed: int, size=(20, 16)) -> Image.Image:
 def test_run_batch_equals_run_per_image(fresh_components, tiny_weights, single_thread, tiled):
     pipe = OSEDiffPipeline(fresh_components)
     pipe.load_weights(tiny_weights)
-    tiles = TileConfig(latent_tile=6, latent_overlap=2, batch_size=3) if tiled else TileConfig(enabled=False)
+    tiles = TileConfig(latent_tile=6, latent_overlap=2, tiles_per_pass=3) if tiled else TileConfig(enabled=False)
     images, prompts = [noisy(i) for i in range(3)], ["a cat", "", "a cat"]
     alphas = [None, Image.new("L", (20, 16), 7), None]
     batched = pipe.run_batch(images, 2.0, prompts, alphas=alphas, tiles=tiles, align="wavelet")
@@ -35,10 +35,13 @@ def test_run_batch_equals_run_per_image(fresh_components, tiny_weights, single_t
         assert diff.max() <= 1  # batched convolutions may round differently in the last bit
 
 
-def test_run_batch_refuses_mixed_sizes_and_mismatched_lists(fresh_components):
+def test_run_batch_groups_mixed_sizes_and_refuses_mismatched_lists(fresh_components):
     pipe = OSEDiffPipeline(fresh_components)
-    with pytest.raises(ValueError, match="one size"):
-        pipe.run_batch([noisy(0), noisy(1, (24, 16))], 2.0)
+    calls = []
+    fresh_components.unet.register_forward_hook(lambda _m, args, _o: calls.append(tuple(args[0].shape)))
+    results = pipe.run_batch([noisy(0), noisy(1, (24, 16)), noisy(2)], 2.0)
+    assert [r.image.size for r in results] == [(40, 32), (48, 32), (40, 32)]
+    assert sorted(calls) == [(1, 4, 4, 6), (2, 4, 4, 5)] and [r.batch_size for r in results] == [2, 1, 2]
     with pytest.raises(ValueError, match="differ in number"):
         pipe.run_batch([noisy(0)], 2.0, ["a", "b"])
     assert pipe.run_batch([], 2.0) == []

@@ -61,8 +61,9 @@ def multipart(fields: dict[str, str], image: bytes | None) -> tuple[bytes, dict]
 def server(tiny_base_dir, tiny_pkl):
     from osediff.cli.serve import LOCAL_PROXY_TIMEOUTS
     from osediff.limits import RequestLimits
+    from osediff.model_files import ModelOptions
     from osediff.serve.app import Scaling, build_app
-    from osediff.serve.engine import ServeConfig, file_sha256
+    from osediff.serve.engine import ServeConfig
 
     port = free_port()
     for name, seconds in LOCAL_PROXY_TIMEOUTS.items():  # as `osediff serve` starts its local node
@@ -70,11 +71,11 @@ def server(tiny_base_dir, tiny_pkl):
     ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port}, logging_config={"log_level": "ERROR"})
-        config = ServeConfig(base=str(tiny_base_dir), weights=str(tiny_pkl), device="cpu", threads=1,
-                             limits=RequestLimits(max_bytes=MAX_BYTES, max_pixels=256 * 256,
-                                                max_output_pixels=512 * 512, max_upscale=8),
-                             max_batch_size=4, batch_wait_s=0.05, weights_sha256=file_sha256(tiny_pkl),
-                             base_label="tiny", weights_label="osediff.pkl")
+        model = ModelOptions(base=str(tiny_base_dir), weights=str(tiny_pkl), device="cpu", offline=True)
+        config = ServeConfig.find(model, threads=1,
+                                  limits=RequestLimits(max_bytes=MAX_BYTES, max_pixels=256 * 256,
+                                                       max_output_pixels=512 * 512, max_upscale=8),
+                                  max_batch_size=4, batch_wait_s=0.05, base_label="tiny", weights_label="osediff.pkl")
         serve.run(build_app(config, Scaling(replica_cpus=1, max_queued_requests=64)), name="osediff",
                   route_prefix="/")
         yield port
@@ -141,9 +142,9 @@ BAD = [  # (path, body, headers, status, start of the error message)
     ("/v1/upscale?upscale=1", declared_size_png(13000, 13000), {}, 413, "the image is 13000x13000"),
     ("/v1/upscale?upscale=8", png_bytes(100, 100), {}, 413, "x8 of 100x100 would be 800x800"),
     ("/v1/upscale?upscale=9", png_bytes(8, 8), {}, 422, "upscale must be between 1 and 8"),
-    ("/v1/upscale?align=colour", png_bytes(8, 8), {}, 422, "unknown align 'colour'"),
+    ("/v1/upscale?align=colour", png_bytes(8, 8), {}, 422, "align must be one of adain, wavelet, none, got 'colour'"),
     ("/v1/upscale?prompt_extractor=dape", png_bytes(8, 8), {}, 422, "prompt_extractor 'dape' is not loaded"),
-    ("/v1/upscale?format=gif", png_bytes(8, 8), {}, 422, "unknown format 'gif'"),
+    ("/v1/upscale?format=gif", png_bytes(8, 8), {}, 422, "format must be one of png, jpeg, webp, tiff (or jpg)"),
     ("/v1/upscale", *multipart({"upscale": "2"}, None), 400, "multipart body has no file part"),
     ("/v1/upscale", *multipart({"upscale": "0"}, png_bytes(8, 8)), 422, "upscale must be between 1 and 8"),
 ]

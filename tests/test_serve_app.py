@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
+from osediff.model_files import ModelFiles, ModelOptions
 from osediff.serve.app import Scaling, build_app, parse_autoscale
 from osediff.serve.engine import ServeConfig
 
@@ -11,7 +14,8 @@ pytest.importorskip("ray.serve")
 
 
 def deployment_config(scaling: Scaling, batch: int = 4):
-    app = build_app(ServeConfig(base="base", weights="w.pkl", max_batch_size=batch), scaling)
+    config = ServeConfig(ModelOptions(), ModelFiles(Path("base"), Path("w.pkl")), max_batch_size=batch)
+    app = build_app(config, scaling)
     return app._bound_deployment._deployment_config  # what serve.run would deploy
 
 
@@ -27,5 +31,5 @@ def test_autoscaling_between_min_and_max():
     auto = deployment_config(Scaling(autoscale=parse_autoscale("0:3"))).autoscaling_config
     assert (auto.min_replicas, auto.initial_replicas, auto.max_replicas, auto.target_ongoing_requests) == (0, 1, 3, 4)
     for text in ("3", "2:1", "0:0", "a:b"):
-        with pytest.raises(ValueError, match="--autoscale"):
+        with pytest.raises(ValueError, match="autoscale"):
             parse_autoscale(text)

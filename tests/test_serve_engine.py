@@ -1,11 +1,13 @@
-"""The service's model side without Ray: one run_batch per (size, factor, alignment) group."""
+"""The service's model side without Ray: one model call per (size, factor, alignment, ...) group."""
 
 from __future__ import annotations
 
 import pytest
 
 from osediff.limits import SERVE_LIMITS
-from osediff.serve.engine import Engine, Job, JobResult, ServeConfig, encode_image
+from osediff.model_files import ModelOptions
+from osediff.outputs import encode_image
+from osediff.serve.engine import Engine, Job, JobResult, ServeConfig
 from osediff.serve.limits import open_checked, parse_params
 from test_serve_limits import png_bytes
 
@@ -14,7 +16,8 @@ LIMITS = SERVE_LIMITS
 
 @pytest.fixture(scope="module")
 def engine(tiny_base_dir, tiny_pkl, single_thread):
-    return Engine(ServeConfig(base=str(tiny_base_dir), weights=str(tiny_pkl), device="cpu", threads=1))
+    model = ModelOptions(base=str(tiny_base_dir), weights=str(tiny_pkl), device="cpu", offline=True)
+    return Engine(ServeConfig.find(model, threads=1))
 
 
 def job(width: int, height: int, mode: str = "RGB", seed: int = 0, **values: str) -> Job:
@@ -24,23 +27,20 @@ def job(width: int, height: int, mode: str = "RGB", seed: int = 0, **values: str
 
 def test_a_batch_runs_one_model_call_per_size_factor_and_alignment(engine, monkeypatch):
     calls = []
-    run_batch = engine.pipe.run_batch
+    super_resolve = engine.pipe.super_resolve
 
-    def spy(images, upscale, prompts, **kwargs):
-        calls.append((len(images), images[0].size, upscale, kwargs["align"], list(prompts)))
-        return run_batch(images, upscale, prompts, **kwargs)
+    def spy(x_l, embedding, **kwargs):
+        calls.append((tuple(x_l.shape), embedding.shape[0]))
+        return super_resolve(x_l, embedding, **kwargs)
 
-    monkeypatch.setattr(engine.pipe, "run_batch", spy)
+    monkeypatch.setattr(engine.pipe, "super_resolve", spy)
     jobs = [job(16, 12, upscale="2", prompt="a"), job(20, 10, upscale="2"), job(16, 12, upscale="2", prompt="b"),
             job(16, 12, upscale="2", align="wavelet"), job(16, 12, "RGBA", upscale="2", prompt="c"),
             job(16, 12, upscale="3"), job(16, 12, upscale="2", prompt="d", prompt_extractor="none")]
     results = engine.run(jobs)
-    assert sorted(calls) == sorted([
-        (4, (16, 12), 2.0, "adain", ["a", "b", "c", ""]),
-        (1, (20, 10), 2.0, "adain", [""]),
-        (1, (16, 12), 2.0, "wavelet", [""]),
-        (1, (16, 12), 3.0, "adain", [""]),
-    ])
+    # four prompts "a", "b", "c", "" in one call; one embedding each
+    assert sorted(calls) == sorted([((4, 3, 24, 32), 4), ((1, 3, 20, 40), 1), ((1, 3, 24, 32), 1),
+                                    ((1, 3, 36, 48), 1)])
     assert all(isinstance(r, JobResult) for r in results)
     assert [r.image.size for r in results] == [(32, 24), (40, 20), (32, 24), (32, 24), (32, 24), (48, 36), (32, 24)]
     assert [r.prompt for r in results] == ["a", "", "b", "", "c", "", ""]
@@ -50,14 +50,14 @@ def test_a_batch_runs_one_model_call_per_size_factor_and_alignment(engine, monke
 
 
 def test_a_failing_group_fails_only_its_requests(engine, monkeypatch):
-    run_batch = engine.pipe.run_batch
+    super_resolve = engine.pipe.super_resolve
 
-    def flaky(images, upscale, prompts, **kwargs):
-        if images[0].size == (20, 10):
+    def flaky(x_l, embedding, **kwargs):
+        if x_l.shape[-1] == 40:
             raise RuntimeError("out of memory")
-        return run_batch(images, upscale, prompts, **kwargs)
+        return super_resolve(x_l, embedding, **kwargs)
 
-    monkeypatch.setattr(engine.pipe, "run_batch", flaky)
+    monkeypatch.setattr(engine.pipe, "super_resolve", flaky)
     results = engine.run([job(16, 12, upscale="2"), job(20, 10, upscale="2"), job(20, 10, upscale="2", seed=1)])
     assert isinstance(results[0], JobResult) and results[0].image.size == (32, 24)
     assert [str(r) for r in results[1:]] == ["out of memory", "out of memory"]
@@ -65,6 +65,6 @@ def test_a_failing_group_fails_only_its_requests(engine, monkeypatch):
 
 def test_output_encodings(engine):
     result = engine.run([job(16, 12, "RGBA", upscale="2")])[0]
-    for fmt, magic in (("png", b"\x89PNG"), ("jpeg", b"\xff\xd8"), ("webp", b"RIFF")):
-        data = encode_image(result.image, parse_params({"format": fmt, "quality": "50"}, ("text",), LIMITS))
-        assert data.startswith(magic)
+    for fmt, magic in (("png", b"\x89PNG"), ("jpeg", b"\xff\xd8"), ("webp", b"RIFF"), ("tiff", b"II*\x00")):
+        params = parse_params({"format": fmt, "quality": "50"}, ("text",), LIMITS)
+        assert encode_image(result.image, params.format, params.quality).startswith(magic)

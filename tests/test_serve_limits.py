@@ -11,16 +11,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from osediff.color import ALIGN_METHODS
 from osediff.errors import OSEDiffError
 from osediff.images import ImageLoadError
-from osediff.limits import DEMO_LIMITS, SERVE_LIMITS, LimitsError, RequestLimits
+from osediff.limits import DEMO_LIMITS, SERVE_LIMITS, LimitExceeded, LimitsError, RequestLimits
+from osediff.params import ALIGN_METHODS
 from osediff.serve.limits import (
     RequestError,
     TooLarge,
     Unprocessable,
     check_content_length,
     error_status,
+    media_type,
     open_checked,
     parse_params,
     read_limited,
@@ -50,7 +51,7 @@ def declared_size_png(width: int, height: int) -> bytes:
 def test_parameters_default_to_the_cli_defaults():
     params = parse_params({}, LOADED, LIMITS)
     assert (params.upscale, params.align, params.prompt, params.prompt_extractor) == (4.0, "adain", "", "text")
-    assert (params.format, params.quality, params.media_type) == ("png", 95, "image/png")
+    assert (params.format, params.quality, media_type(params)) == ("png", 95, "image/png")
     params = parse_params({"upscale": "2.5", "align": "wavelet", "prompt": "a cat", "format": "jpg",
                            "quality": "80", "prompt_extractor": "none"}, LOADED, LIMITS)
     assert (params.upscale, params.align, params.prompt, params.format, params.quality) == (
@@ -62,10 +63,11 @@ def test_parameters_default_to_the_cli_defaults():
     ({"upscale": "5"}, "upscale must be between 1 and 4"),
     ({"upscale": "nan"}, "upscale must be between 1 and 4"),
     ({"upscale": "two"}, "upscale must be a number"),
-    ({"align": "colour"}, f"unknown align 'colour'; choose one of {', '.join(ALIGN_METHODS)}"),
+    ({"align": "colour"}, f"align must be one of {', '.join(ALIGN_METHODS)}, got 'colour'"),
     ({"prompt_extractor": "dape"}, "prompt_extractor 'dape' is not loaded on this server"),
-    ({"format": "gif"}, "unknown format 'gif'"),
-    ({"quality": "0"}, "quality must be between 1 and 100"),
+    ({"format": "gif"}, "format must be one of png, jpeg, webp, tiff (or jpg), got 'gif'"),
+    ({"format": "same"}, "format must be one of png, jpeg, webp, tiff (or jpg), got 'same'"),
+    ({"quality": "0"}, "quality must be an integer 1-100"),
     ({"quality": "high"}, "quality must be an integer"),
     ({"seed": "1"}, "unknown parameter 'seed'"),
     ({"prompt": "x" * 1001}, "prompt is 1001 characters"),
@@ -103,11 +105,12 @@ def test_pixel_limits_are_checked_from_the_header_before_decoding(monkeypatch):
     assert len(bomb) < 200
     decoded = []
     monkeypatch.setattr(Image.Image, "load", lambda self: decoded.append(self.size))
-    with pytest.raises(TooLarge, match="the image is 13000x13000 = 169000000 pixels; at most 4096") as err:
+    with pytest.raises(LimitExceeded, match="the image is 13000x13000 = 169000000 pixels; at most 4096") as err:
         open_checked(bomb, parse_params({"upscale": "1"}, LOADED, LIMITS), LIMITS)
     assert error_status(err.value) == 413
-    with pytest.raises(TooLarge, match=r"x4 of 40x40 would be 160x160 = 25600 pixels; at most 16384"):
+    with pytest.raises(LimitExceeded, match=r"x4 of 40x40 would be 160x160 = 25600 pixels; at most 16384") as err:
         open_checked(big_output, parse_params({"upscale": "4"}, LOADED, LIMITS), LIMITS)
+    assert error_status(err.value) == 413
     assert decoded == []  # neither was decoded
 
 
@@ -136,8 +139,11 @@ def test_error_statuses():
                                                        ("max_upscale", float("nan"), "--max-upscale"),
                                                        ("max_output_pixels", 0.5, "--max-output-pixels")])
 def test_limits_below_one_are_refused_naming_field_and_flag(field, value, flag):
-    with pytest.raises(LimitsError, match=f"^{field} \\({flag}\\) must be"):
+    from osediff.cli.flags import flag_for
+
+    with pytest.raises(LimitsError, match=f"^{field} must be a finite number of at least 1") as info:
         RequestLimits(**{field: value})
+    assert info.value.message(flag_for).startswith(f"{flag} must be")
 
 
 @pytest.mark.parametrize(("command", "limits"), [("demo", DEMO_LIMITS), ("serve", SERVE_LIMITS)])
@@ -155,4 +161,4 @@ def test_front_end_refuses_bad_limit_flags_before_loading(capsys):
     from osediff.cli import main
 
     assert main(["serve", "--max-pixels", "0", "--offline"]) == 2
-    assert capsys.readouterr().err == "error: max_pixels (--max-pixels) must be a finite number of at least 1, got 0\n"
+    assert capsys.readouterr().err == "error: --max-pixels must be a finite number of at least 1, got 0\n"

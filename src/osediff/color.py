@@ -6,13 +6,12 @@ colour statistics, ``target`` the content.
 
 from __future__ import annotations
 
-from typing import Literal, get_args
-
 import torch
 import torch.nn.functional as F
 
-AlignMethod = Literal["adain", "wavelet", "none"]
-ALIGN_METHODS: tuple[str, ...] = get_args(AlignMethod)
+from .params import ALIGN_METHODS, AlignMethod, ParamError
+
+__all__ = ["ALIGN_METHODS", "AlignMethod", "adain_align", "align_colors", "wavelet_align"]
 
 
 def _mean_std(x: torch.Tensor, eps: float = 1e-5) -> tuple[torch.Tensor, torch.Tensor]:
@@ -52,11 +51,11 @@ def wavelet_align(target: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
     return high + low
 
 
-def align_colors(target: torch.Tensor, source: torch.Tensor, method: str) -> torch.Tensor:
+def align_colors(target: torch.Tensor, source: torch.Tensor, method: AlignMethod) -> torch.Tensor:
     if method == "adain":
         return adain_align(target, source)
     if method == "wavelet":
         return wavelet_align(target, source)
     if method == "none":
         return target
-    raise ValueError(f"unknown colour alignment {method!r}; choose one of {', '.join(ALIGN_METHODS)}")
+    raise ParamError(f"must be one of {', '.join(ALIGN_METHODS)}, got {method!r}", argument="align")

@@ -28,11 +28,12 @@ def pick_device(name: str | None = None) -> torch.device:
         try:
             device = torch.device(name)
         except RuntimeError:
-            raise DeviceError(f"unknown device {name!r}; choose auto, cpu, cuda, cuda:N or mps") from None
+            raise DeviceError(f"{{argument}} {name!r} is not a device; choose auto, cpu, cuda, cuda:N or mps",
+                              argument="device") from None
         if device.type == "cuda" and not torch.cuda.is_available():
-            raise DeviceError(f"device {name!r} requested but CUDA is not available")
+            raise DeviceError(f"{{argument}} {name!r}: CUDA is not available here", argument="device")
         if device.type == "mps" and not torch.backends.mps.is_available():
-            raise DeviceError(f"device {name!r} requested but Apple MPS is not available")
+            raise DeviceError(f"{{argument}} {name!r}: Apple MPS is not available here", argument="device")
         return device
     if torch.cuda.is_available():
         return torch.device("cuda")
@@ -51,7 +52,7 @@ def cpu_has_native_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def pick_dtype(name: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+def pick_dtype(name: str | torch.dtype | None, device: torch.device, *, argument: str = "dtype") -> torch.dtype:
     """``name`` if given; else fp16 on CUDA and MPS, fp32 on CPU.
 
     fp32 is the CPU default because half-precision matmuls are slow on most CPUs; bf16 can be
@@ -61,7 +62,8 @@ def pick_dtype(name: str | torch.dtype | None, device: torch.device) -> torch.dt
         return name
     if name and name != "auto":
         if name not in _DTYPES:
-            raise DtypeError(f"unknown dtype {name!r}; choose fp32, fp16 or bf16")
+            raise DtypeError(f"{{argument}} {name!r} is not a dtype osediff runs in; choose fp32, fp16 or bf16",
+                             argument=argument)
         return _DTYPES[name]
     if device.type in ("cuda", "mps"):
         return torch.float16
@@ -72,7 +74,7 @@ def pick_decoder_dtype(name: str | torch.dtype | None, device: torch.device, dty
     """``auto``: bf16 for the VAE decoder on CPUs with native bf16 (about 3x faster, ~1 level of
     drift in 8-bit output), else the pipeline's dtype."""
     if name is not None and name != "auto":
-        return pick_dtype(name, device)
+        return pick_dtype(name, device, argument="decoder_dtype")
     if device.type == "cpu" and dtype == torch.float32 and cpu_has_native_bf16():
         return torch.bfloat16
     return dtype

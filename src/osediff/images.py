@@ -4,22 +4,32 @@ from __future__ import annotations
 
 import io
 import os
-import tempfile
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .errors import OSEDiffError
+from .errors import OSEDiffError, as_python_argument
+from .fileio import atomic_write
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif")
 DEFAULT_MAX_PIXELS = 4096 * 4096
 
 
 class ImageLoadError(OSEDiffError, ValueError):
-    """An input that cannot be used as an image; the message names the file and the problem."""
+    """An input that cannot be used as an image: ``source`` names it (a path, ``<upload>``), ``problem``
+    says what is wrong, and ``argument`` the option that would let it through (``max_pixels``)."""
+
+    def __init__(self, problem: str = "", *, argument: str | None = None, source: str = "") -> None:
+        super().__init__(problem, argument=argument)
+        self.source = source
+
+    def message(self, name_of: Callable[[str], str] = as_python_argument) -> str:
+        hint = f" (raise it with {name_of(self.argument)})" if self.argument else ""
+        return f"{self.source}: {self.problem}{hint}" if self.source else f"{self.problem}{hint}"
 
 
 @dataclass
@@ -44,17 +54,15 @@ def load_image(source: str | os.PathLike | bytes, max_pixels: int | None = DEFAU
         path = Path(source)
         label = name or str(path)
         if not path.is_file():
-            raise ImageLoadError(f"{label}: no such file")
+            raise ImageLoadError("no such file", source=label)
         size, stream = path.stat().st_size, path
     if size == 0:
-        raise ImageLoadError(f"{label}: file is empty (0 bytes)")
+        raise ImageLoadError("file is empty (0 bytes)", source=label)
     try:
         with Image.open(stream) as img:
             if max_pixels and img.width * img.height > max_pixels:
-                raise ImageLoadError(
-                    f"{label}: {img.width}x{img.height} exceeds the pixel limit of {max_pixels} "
-                    "(raise it with --max-pixels)"
-                )
+                raise ImageLoadError(f"{img.width}x{img.height} exceeds the pixel limit of {max_pixels}",
+                                     source=label, argument="max_pixels")
             if getattr(img, "n_frames", 1) > 1:
                 warnings.warn(f"{label}: animated image, using the first frame only", stacklevel=2)
                 img.seek(0)
@@ -64,11 +72,11 @@ def load_image(source: str | os.PathLike | bytes, max_pixels: int | None = DEFAU
     except ImageLoadError:
         raise
     except UnidentifiedImageError:
-        raise ImageLoadError(f"{label}: not an image file (format not recognised)") from None
+        raise ImageLoadError("not an image file (format not recognised)", source=label) from None
     except Image.DecompressionBombError as err:
-        raise ImageLoadError(f"{label}: refused as a decompression bomb ({err})") from None
+        raise ImageLoadError(f"refused as a decompression bomb ({err})", source=label) from None
     except (OSError, SyntaxError, ValueError) as err:
-        raise ImageLoadError(f"{label}: cannot decode image ({err})") from None
+        raise ImageLoadError(f"cannot decode image ({err})", source=label) from None
 
 
 def to_8bit(img: Image.Image) -> Image.Image:
@@ -93,53 +101,46 @@ def split_alpha(img: Image.Image) -> tuple[Image.Image, Image.Image | None]:
     return img, None
 
 
-def _read_umask() -> int:
-    """The process umask, read without setting it (``os.umask`` can only swap, which races threads)."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as fh:
-            for line in fh:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    return _UMASK_AT_IMPORT
-
-
-# a fallback for systems without /proc: swapped once, while importing, before any writer thread exists
-_UMASK_AT_IMPORT = os.umask(0o022)
-os.umask(_UMASK_AT_IMPORT)
-
-
-def _umask_mode() -> int:
-    """The permission bits an ordinary ``open()`` would give (mkstemp's own are 0600)."""
-    return 0o666 & ~_read_umask()
-
-
 def save_image_atomic(img: Image.Image, path: str | os.PathLike, **save_kwargs) -> Path:
-    """Write via a temporary file in the same folder and rename, so no half-written file remains."""
+    """Write an image all or nothing (see :func:`osediff.fileio.atomic_write`); the suffix picks the format."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
-    os.close(fd)
-    try:
-        img.save(tmp, format=Image.registered_extensions().get(path.suffix.lower()), **save_kwargs)
-        os.chmod(tmp, _umask_mode())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return atomic_write(path, lambda tmp: img.save(tmp, format=Image.registered_extensions().get(path.suffix.lower()),
+                                                   **save_kwargs))
 
 
-def write_text_atomic(text: str, path: str | os.PathLike) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(text)
-    os.chmod(tmp, _umask_mode())
-    os.replace(tmp, path)
-    return path
+def as_loaded_image(image: object, alpha: Image.Image | None = None) -> LoadedImage:
+    """What a Python caller passes, as the step's input: a PIL image, a path, an HxW(xC) uint8 array
+    or a (C)xHxW float tensor in [0, 1] (C = 1, 3 or 4); RGBA keeps its alpha, ``alpha`` replaces it."""
+    if isinstance(image, LoadedImage):
+        loaded = image
+    elif isinstance(image, str | os.PathLike):
+        loaded = load_image(image, max_pixels=None)
+    elif isinstance(image, Image.Image):
+        loaded = LoadedImage(*split_alpha(to_8bit(ImageOps.exif_transpose(image))))
+    elif hasattr(image, "__array__"):
+        loaded = LoadedImage(*split_alpha(to_8bit(Image.fromarray(_as_uint8_hwc(image)))))
+    else:
+        raise ImageLoadError(f"is a {type(image).__name__}; give a PIL image, a path, an HxWxC uint8 array or a "
+                             "CxHxW float tensor in [0, 1]", source="image")
+    return LoadedImage(loaded.rgb, alpha if alpha is not None else loaded.alpha, loaded.path)
+
+
+def _as_uint8_hwc(data: object) -> np.ndarray:
+    """An array or tensor as HxW or HxWxC uint8 (tensors are CxHxW floats in [0, 1] or uint8)."""
+    is_tensor = hasattr(data, "detach")
+    array = np.asarray(data.detach().cpu()) if is_tensor else np.asarray(data)
+    if is_tensor and array.ndim == 3 and array.shape[0] in (1, 3, 4):
+        array = array.transpose(1, 2, 0)
+    if array.ndim == 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (3, 4)):
+        raise ImageLoadError(f"has shape {tuple(array.shape)}; expected HxW or HxWxC with C = 1, 3 or 4",
+                             source="image")
+    if np.issubdtype(array.dtype, np.floating):
+        array = np.clip(array * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    elif array.dtype != np.uint8:
+        raise ImageLoadError(f"has dtype {array.dtype}; expected uint8 or floats in [0, 1]", source="image")
+    return np.ascontiguousarray(array)
 
 
 def is_image_file(path: Path) -> bool:

@@ -1,28 +1,30 @@
 """The batch runner as a library: one :class:`BatchConfig` in, a :class:`BatchSummary` out.
 
 ``osediff upscale`` and ``osediff eval --lr`` are thin front ends over :func:`run`; the Ray
-engine (:mod:`osediff.batch.ray_engine`) runs the same per-image steps on a cluster.
+engine (:mod:`osediff.batch.ray_engine`) runs the same per-image step on a cluster.
 
     from osediff.batch import BatchConfig, run
-    summary = run(BatchConfig(inputs=["photos/"], output=Path("out"), prompt_extractor="text"))
+    from osediff.params import UpscaleParams
+    summary = run(BatchConfig(inputs=["photos/"], output="out", params=UpscaleParams(upscale=4)))
 """
 
-from .config import (
-    OUTPUT_FORMATS,
-    BatchConfig,
-    BatchConfigError,
-    ModelOptions,
-    output_clashes,
-    output_name,
-    output_path,
-    validate,
+from ..model_files import ModelOptions
+from ..outputs import output_name
+from .config import BatchConfig, BatchConfigError, validate
+from .runner import (
+    FAILED,
+    SKIPPED,
+    WRITTEN,
+    BatchSummary,
+    ImageRecord,
+    MissingPromptError,
+    find_batch_files,
+    load_batch_upscaler,
+    run,
 )
-from .models import ModelFilesError, ResolvedModels, load_pipeline, resolve_models
-from .runner import FAILED, SKIPPED, WRITTEN, BatchSummary, ImageRecord, MissingPromptError, run
 
 __all__ = [
     "FAILED",
-    "OUTPUT_FORMATS",
     "SKIPPED",
     "WRITTEN",
     "BatchConfig",
@@ -30,14 +32,10 @@ __all__ = [
     "BatchSummary",
     "ImageRecord",
     "MissingPromptError",
-    "ModelFilesError",
     "ModelOptions",
-    "ResolvedModels",
-    "load_pipeline",
-    "output_clashes",
+    "find_batch_files",
+    "load_batch_upscaler",
     "output_name",
-    "output_path",
-    "resolve_models",
     "run",
     "validate",
 ]

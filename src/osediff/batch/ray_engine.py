@@ -2,10 +2,11 @@
 
 Decoding runs in CPU tasks; a pool of actors, one model replica each (one per GPU, or one per
 ``cpus_per_replica`` CPUs on clusters without GPUs), runs prompts, the model and the atomic writes
-with the same output names as the single-process runner. A replica that dies is restarted and its
-batch retried by Ray (bounded by ``max_restarts``). Every input gets one manifest row (input,
-output, status, error, prompt, seconds), rewritten as the job runs; a re-run skips inputs whose
-output exists, so the same command resumes an interrupted job.
+with the same output names as the single-process runner, through the same per-image step. A replica
+that dies is restarted and its batch retried by Ray (bounded by ``max_restarts``). Every input gets
+one manifest row (input, output, status, error, prompt, seconds), rewritten as the job runs; with
+``skip_existing`` (``--skip-existing``) a re-run skips inputs whose output exists, so the same
+command resumes an interrupted job.
 """
 
 from __future__ import annotations
@@ -22,14 +23,23 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import OSEDiffError
+from ..fileio import first_line
 from ..images import ImageLoadError, LoadedImage, load_image
-from .config import BatchConfig, BatchConfigError, is_uri, output_clashes, output_name, validate
-from .runner import FAILED, SKIPPED, BatchSummary, ImageRecord, RecordHook, upscale_loaded
+from ..outputs import output_name, plan_outputs
+from .config import BatchConfig, BatchConfigError, is_uri, validate
+from .runner import (
+    FAILED,
+    SKIPPED,
+    BatchSummary,
+    ImageRecord,
+    RecordHook,
+    chunk_size,
+    find_batch_files,
+    upscale_chunk,
+)
 from .storage import Folder, collect_any, read_bytes
 
 MANIFEST_NAME = "manifest.jsonl"
-# test hook: while this file exists, the first replica batch to rename it away kills its worker
-FAULT_ENV = "OSEDIFF_RAY_FAULT_FILE"
 CONNECT_TIMEOUT_S = 5.0
 MANIFEST_INTERVAL_S = 30.0
 
@@ -54,8 +64,8 @@ def import_ray():
         import ray
         import ray.data  # the data extra, not only the core
     except ImportError:
-        raise RayEngineError("--engine ray needs Ray Data, which is not installed: "
-                             "pip install 'osediff[ray]' (or: pip install 'ray[data]>=2.9')") from None
+        raise RayEngineError("{argument} ray needs Ray Data, which is not installed: pip install 'osediff[ray]' "
+                             "(or: pip install 'ray[data]>=2.9')", argument="engine") from None
     return ray
 
 
@@ -74,8 +84,8 @@ def connect(address: str | None) -> bool:
             _join(ray, address)
     except (ConnectionError, RuntimeError, ValueError) as err:
         where = address or "a local instance"
-        raise RayEngineError(f"--ray-address {where}: cannot start or join Ray ({str(err).splitlines()[0]}); "
-                             "start a cluster with `ray start --head` or leave --ray-address out") from None
+        raise RayEngineError(f"{{argument}} {where}: cannot start or join Ray ({first_line(err)}); start a "
+                             "cluster with `ray start --head` or leave {argument} out", argument="address") from None
     return True
 
 
@@ -104,18 +114,17 @@ def _probe(address: str) -> None:
         reason = "expected HOST:PORT, ray://HOST:PORT or auto"
     except OSError as err:
         reason = err.strerror or type(err).__name__
-    raise RayEngineError(f"--ray-address {address}: cannot reach a Ray cluster there ({reason}); start one "
-                         "with `ray start --head` or leave --ray-address out for a local instance")
+    raise RayEngineError(f"{{argument}} {address}: cannot reach a Ray cluster there ({reason}); start one "
+                         "with `ray start --head` or leave {argument} out for a local instance", argument="address")
 
 
 def run_ray(config: BatchConfig, options: RayOptions, on_record: RecordHook | None = None) -> BatchSummary:
     """The whole job on Ray; every input gets one record, also written to the manifest."""
-    from .models import resolve_models
-
     started = time.perf_counter()
     import_ray()  # the one-line install hint comes before anything else
     if config.world > 1:
-        raise BatchConfigError("--engine ray shares the inputs itself: run it once, not under accelerate/torchrun")
+        raise BatchConfigError("shares the inputs itself: run it once, not under accelerate/torchrun",
+                               argument="engine")
     validate(config, remote_ok=True)
     inputs = collect_any([str(spec) for spec in config.inputs])
     if not inputs:
@@ -129,24 +138,20 @@ def run_ray(config: BatchConfig, options: RayOptions, on_record: RecordHook | No
         manifest.update(summary.records)
 
     summary = BatchSummary(str(config.output), on_record=on_each)
-    record = summary.add
-
-    clashes = output_clashes(inputs, config.format)
-    todo = []
-    for src in inputs:
-        name = output_name(src, config.format)
-        if src in clashes:
-            record(ImageRecord(src, out.path(name), FAILED, f"{src}: its output {out.path(name)} is already that "
-                               f"of {clashes[src]}; rename one of them or run it separately"))
-        elif out.exists(name):  # outputs are written whole or not at all: an existing one is done
-            record(ImageRecord(src, out.path(name), SKIPPED))
-        else:
-            todo.append(src)
-    started_here = connect(options.address) if todo else False
+    fmt = config.params.format
+    plan = plan_outputs(inputs, fmt, exists=out.exists, skip_existing=config.skip_existing)
+    for src in inputs:  # outputs are written whole or not at all: an existing one is done
+        if src in plan.clashes:
+            summary.add(ImageRecord(src, out.path(output_name(src, fmt)), FAILED, f"{src}: its output "
+                                    f"{out.path(output_name(src, fmt))} is already that of {plan.clashes[src]}; "
+                                    "rename one of them or run it separately"))
+        elif src in plan.skipped:
+            summary.add(ImageRecord(src, out.path(output_name(src, fmt)), SKIPPED))
+    started_here = connect(options.address) if plan.todo else False
     try:
-        if todo:
-            resolve_models(config)  # fail here, in one line, not in every replica
-            _stream(config, options, todo, record)
+        if plan.todo:
+            _, params = find_batch_files(config)  # fail here, in one line, not in every replica
+            _stream(config, options, plan.todo, chunk_size(config, params), summary.add)
     finally:
         summary.seconds = time.perf_counter() - started
         manifest.write(summary.records)
@@ -155,7 +160,7 @@ def run_ray(config: BatchConfig, options: RayOptions, on_record: RecordHook | No
     return summary
 
 
-def _stream(config: BatchConfig, options: RayOptions, todo: list[str], record) -> None:
+def _stream(config: BatchConfig, options: RayOptions, todo: list[str], chunk: int, record) -> None:
     from tqdm import tqdm
 
     ray = import_ray()
@@ -164,7 +169,6 @@ def _stream(config: BatchConfig, options: RayOptions, todo: list[str], record) -
         context.enable_progress_bars = False  # ours counts images, not blocks
         context.print_on_execution_start = False
         logging.getLogger("ray.data").setLevel(logging.ERROR)  # block-level chatter under our bar
-        chunk = max(config.prompt_batch_size if config.needs_extractor else 1, config.batch_size)
         resources = _replica_resources(ray, options, len(todo), chunk)
         items = [{"input": src} for src in todo]
         ds = ray.data.from_items(items, override_num_blocks=max(1, len(todo) // chunk))
@@ -218,52 +222,39 @@ def _decode(batch, max_pixels: int | None):
         except ImageLoadError as err:
             row["error"] = str(err)
         except OSError as err:  # a remote read that failed
-            row["error"] = f"{src}: cannot read ({str(err).splitlines()[0]})"
+            row["error"] = f"{src}: cannot read ({first_line(err)})"
         rows.append(row)
     return pd.DataFrame(rows)
 
 
 class _Replica:
-    """One model replica: loaded once, then prompts, model and writes for each batch it is given."""
+    """One model replica: loaded once, then the per-image step and the writes for each batch it is given."""
 
     def __init__(self, config: BatchConfig) -> None:
-        from .models import load_pipeline, resolve_models
+        from .runner import load_batch_upscaler
 
         self.config = config
-        resolved = resolve_models(config)
-        self.user_prompt = resolved.user_prompt
-        self.pipe = load_pipeline(config, resolved)
+        files, self.params = find_batch_files(config)  # this node's own caches
+        self.upscaler = load_batch_upscaler(config, files, self.params)
         self.out = Folder(config.output)
 
     def __call__(self, batch):
         import pandas as pd
         from PIL import Image
 
-        _maybe_die()
         config = self.config
         records, loaded = [], []
         for row in batch.itertuples(index=False):
             if row.error:
-                records.append(ImageRecord(row.input, self.out.path(output_name(row.input, config.format)), FAILED,
-                                           row.error))
+                records.append(ImageRecord(row.input, self.out.path(output_name(row.input, config.params.format)),
+                                           FAILED, row.error))
                 continue
             size = (int(row.width), int(row.height))
             alpha = Image.frombytes("L", size, row.alpha) if len(row.alpha) else None
             loaded.append((row.input, LoadedImage(Image.frombytes("RGB", size, row.rgb), alpha)))
-        records.extend(upscale_loaded(self.pipe, config, loaded, self.out, self.user_prompt))
+        records.extend(upscale_chunk(self.upscaler, config, self.params, loaded, self.out))
         return pd.DataFrame([rec.as_dict() for rec in records],
                             columns=["input", "output", "status", "error", "prompt", "seconds"])
-
-
-def _maybe_die() -> None:
-    fault = os.environ.get(FAULT_ENV)
-    if not fault:
-        return
-    try:
-        os.rename(fault, f"{fault}.fired")  # atomic: exactly one batch fires, once
-    except OSError:
-        return
-    os._exit(1)
 
 
 class Manifest:

@@ -1,21 +1,33 @@
-"""The batch loop: inputs -> prompts -> same-size groups through the model -> atomic writes -> a summary.
+"""The batch loop: inputs -> chunks of decoded images -> the per-image step -> atomic writes -> a summary.
 
-A bad input fails only its own record; the loop goes on. The prompt extractor looks at a chunk
-of decoded images at once (``prompt_batch_size``); images of one size within a chunk go through
-the model ``batch_size`` at a time.
+A bad input fails only its own record; the loop goes on. A chunk (``model.prompt_batch_size``
+images when an extractor runs, else ``batch_size``) goes through
+:meth:`osediff.pipeline.Upscaler.as_ready`, which prompts it in one extractor call and runs
+same-size images ``batch_size`` at a time; each result is written as soon as its call finishes.
 """
 
 from __future__ import annotations
 
+import os
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from ..checkpoint.hub import ModelNotFoundError, Option
 from ..errors import OSEDiffError
+from ..fileio import first_line
 from ..images import ImageLoadError, LoadedImage, collect_inputs, load_image
-from .config import BatchConfig, BatchConfigError, output_clashes, output_name, validate
+from ..model_files import ModelFiles, find_model_files
+from ..outputs import OutputPlan, output_name, plan_outputs
+from ..params import UpscaleParams
+from .config import TEXT_EXTRACTORS, BatchConfig, BatchConfigError, validate
 from .storage import Folder
+
+if TYPE_CHECKING:
+    from ..pipeline import OSEDiffPipeline, SRResult, Upscaler
 
 WRITTEN, FAILED, SKIPPED = "written", "failed", "skipped"
 
@@ -26,7 +38,7 @@ class MissingPromptError(OSEDiffError):
 
 @dataclass
 class ImageRecord:
-    """What happened to one input; ``seconds`` is its share of its group's model time."""
+    """What happened to one input; ``seconds`` is its share of its model call, and its write."""
 
     input: str
     output: str
@@ -74,95 +86,142 @@ class BatchSummary:
         return sum(record.seconds for record in self.records if record.status == WRITTEN)
 
 
-def run(config: BatchConfig, *, pipe=None, on_start: Callable[[int], None] | None = None,
-        on_record: RecordHook | None = None) -> BatchSummary:
-    """Upscale every input of ``config``; ``pipe`` (already loaded) skips resolving and loading.
+def run(config: BatchConfig, *, upscaler: Upscaler | OSEDiffPipeline | None = None,
+        on_start: Callable[[int], None] | None = None, on_record: RecordHook | None = None) -> BatchSummary:
+    """Upscale every input of ``config``; an ``upscaler`` (or pipeline) already loaded is used as it
+    is and never changed, else the models are found and loaded here.
 
     Raises :class:`~osediff.errors.OSEDiffError` for what stops the whole job (a bad option, no
     inputs, a missing model file); a bad image only gets a failed record. ``on_start`` gets the
     number of inputs, ``on_record`` each record as it is made (progress, messages).
     """
-    from .models import load_pipeline, resolve_models
-
     started = time.perf_counter()
-    validate(config)
-    inputs = collect_inputs(config.inputs)
-    clashes = output_clashes(inputs, config.format)  # over all inputs: ranks must agree
-    files = inputs[config.rank::config.world]
-    if not files:
-        raise BatchConfigError("no input images found")
-    out = Folder(config.output)
-    summary = BatchSummary(str(config.output), on_record=on_record)
-    record = summary.add
+    if upscaler is not None and not hasattr(upscaler, "as_ready"):
+        from ..pipeline import Upscaler
 
-    done = [src for src in files if config.skip_existing and out.exists(output_name(src, config.format))]
-    skip = set(done)
-    todo = [src for src in files if src not in skip]
-    user_prompt = config.user_prompt
-    if todo and pipe is None:
-        resolved = resolve_models(config)
-        user_prompt = resolved.user_prompt
-        pipe = load_pipeline(config, resolved)
+        upscaler = Upscaler(upscaler)
+    validate(config, offered=upscaler.extractors.names if upscaler is not None else None)
+    inputs = collect_inputs(config.inputs)
+    out = Folder(config.output)
+    plan = plan_outputs(inputs, config.params.format, exists=out.exists, skip_existing=config.skip_existing,
+                        share=slice(config.rank, None, config.world))
+    if not (plan.todo or plan.skipped or plan.clashes):
+        raise BatchConfigError("no input images found")
+    summary = BatchSummary(str(config.output), on_record=on_record)
+    params, owned = config.params, upscaler is None
+    if plan.todo and upscaler is None:
+        files, params = find_batch_files(config)
+        upscaler = load_batch_upscaler(config, files, params)
     if on_start is not None:
-        on_start(len(files))
-    for src in done:
-        record(ImageRecord(str(src), out.path(output_name(src, config.format)), SKIPPED))
-    chunk_size = max(config.prompt_batch_size if pipe is not None and pipe.prompt_extractor else 1,
-                     config.batch_size)
-    for first in range(0, len(todo), chunk_size):
-        loaded = []
-        for src in todo[first:first + chunk_size]:
-            dst = out.path(output_name(src, config.format))
-            if src in clashes:
-                record(ImageRecord(str(src), dst, FAILED, f"{src}: its output {dst} is already that of "
-                                   f"{clashes[src]}; rename one of them or run it separately"))
-                continue
-            try:
-                loaded.append((str(src), load_image(src, max_pixels=config.max_pixels)))
-            except ImageLoadError as err:
-                record(ImageRecord(str(src), dst, FAILED, str(err)))
-        last = first + chunk_size >= len(todo)
-        for rec in upscale_loaded(pipe, config, loaded, out, user_prompt, free_prompt_models=last):
-            record(rec)
+        on_start(len(plan.todo) + len(plan.skipped) + len(plan.clashes))
+    for src in plan.skipped:
+        summary.add(ImageRecord(str(src), out.path(output_name(src, params.format)), SKIPPED))
+    pending = [src for src in inputs[config.rank::config.world] if src not in set(plan.skipped)]
+    chunk = chunk_size(config, params)
+    for first in range(0, len(pending), chunk):
+        loaded = list(_load(config, pending[first:first + chunk], plan, out, summary.add))
+        last = first + chunk >= len(pending)
+        for record in upscale_chunk(upscaler, config, params, loaded, out, release_prompt_models=owned and last):
+            summary.add(record)
     summary.seconds = time.perf_counter() - started
     return summary
 
 
-def upscale_loaded(pipe, config: BatchConfig, loaded: Sequence[tuple[str, LoadedImage]], out: Folder,
-                   user_prompt: str, *, free_prompt_models: bool = False) -> Iterator[ImageRecord]:
-    """Prompts for decoded images, then the model on same-size groups, then the writes; one record
-    each, yielded group by group (so progress moves while a chunk runs).
-
-    ``free_prompt_models``: no prompts are needed after these, so the extractor and text encoder go.
-    """
-    prompts = {}
-    for key, prompt in _prompts(pipe, config, loaded, user_prompt).items():
-        if isinstance(prompt, Exception):
-            yield ImageRecord(key, out.path(output_name(key, config.format)), FAILED, f"{key}: {_first_line(prompt)}")
-        else:
-            prompts[key] = prompt
-    if pipe.prompt_extractor is not None and free_prompt_models:
-        pipe.keep_only_prompts(prompts.values())
-    ready = [(key, image) for key, image in loaded if key in prompts]
-    for group in _same_size_groups(ready, config.batch_size):
-        yield from _upscale_group(pipe, config, group, prompts, out)
-
-
-def _prompts(pipe, config: BatchConfig, loaded, user_prompt: str) -> dict[str, str | Exception]:
-    """Saved prompts (read per image, so one missing file fails only its image), else one batched
-    extractor call for the chunk, else the user's text."""
-    from ..pipeline import bicubic_upscale
-
-    if config.prompts_from is not None:
-        return {key: _saved_prompt(Path(config.prompts_from), key) for key, _ in loaded}
-    if pipe.prompt_extractor is None or not loaded:
-        return {key: user_prompt for key, _ in loaded}
-    upscaled = [bicubic_upscale(image.rgb, config.upscale) for _, image in loaded]
+def find_batch_files(config: BatchConfig) -> tuple[ModelFiles, UpscaleParams]:
+    """The job's model files, and its parameters with ``prompt_fallback`` applied when the
+    extractor's files are missing (a warning says so; without a fallback, a miss is an error)."""
+    params = config.params
+    extractor = [params.prompt_extractor] if config.needs_extractor else []
+    optional = extractor if config.prompt_fallback else []
     try:
-        extracted = pipe.prompt_extractor(upscaled, user_prompt)
-    except (OSEDiffError, OSError) as err:
-        return {key: err for key, _ in loaded}
-    return dict(zip([key for key, _ in loaded], extracted, strict=True))
+        files = find_model_files(config.model, [] if optional else extractor, optional=optional)
+    except ModelNotFoundError as err:
+        if extractor and not optional:
+            err.instead = Option("prompt_fallback", "text")
+        raise
+    if params.prompt_extractor in files.unavailable:
+        print(f"warning: prompt extractor {params.prompt_extractor!r} unavailable "
+              f"({files.unavailable[params.prompt_extractor]}); using {config.prompt_fallback!r}", file=sys.stderr)
+        params = params.replace(prompt_extractor=config.prompt_fallback)
+    return files, params
+
+
+def load_batch_upscaler(config: BatchConfig, files: ModelFiles, params: UpscaleParams) -> Upscaler:
+    """The job's models; with a fixed prompt (text or none, no saved prompts) the text encoder goes
+    once it is encoded, and under torchrun each process takes its own GPU."""
+    import torch
+
+    from ..device import pick_device
+    from ..loading import load_upscaler
+
+    device = pick_device(config.model.device)
+    if config.world > 1 and device.type == "cuda":  # one GPU per process under accelerate/torchrun
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", config.rank)) % torch.cuda.device_count())
+    fixed = params.prompt_extractor in TEXT_EXTRACTORS and config.prompts_from is None
+    prompt = params.prompt if params.prompt_extractor == "text" else ""
+    return load_upscaler(config.model, files, device=device, fixed_prompts=[prompt] if fixed else None)
+
+
+def chunk_size(config: BatchConfig, params: UpscaleParams) -> int:
+    """Images read and prompted together: the extractor's batch when one runs, else ``batch_size``."""
+    extracting = params.prompt_extractor not in TEXT_EXTRACTORS and config.prompts_from is None
+    return max(config.model.prompt_batch_size if extracting else 1, config.batch_size)
+
+
+def _load(config: BatchConfig, sources: Sequence, plan: OutputPlan, out: Folder,
+          record: RecordHook) -> Iterator[tuple[str, LoadedImage]]:
+    """Decoded images of ``sources``; a failed record for each clash or unreadable file."""
+    for src in sources:
+        dst = out.path(output_name(src, config.params.format))
+        if src in plan.clashes:
+            record(ImageRecord(str(src), dst, FAILED, f"{src}: its output {dst} is already that of "
+                               f"{plan.clashes[src]}; rename one of them or run it separately"))
+            continue
+        try:
+            yield str(src), load_image(src, max_pixels=config.max_pixels)
+        except ImageLoadError as err:
+            record(ImageRecord(str(src), dst, FAILED, str(err)))
+
+
+def upscale_chunk(upscaler: Upscaler, config: BatchConfig, params: UpscaleParams,
+                  loaded: Sequence[tuple[str, LoadedImage]], out: Folder, *,
+                  release_prompt_models: bool = False) -> Iterator[ImageRecord]:
+    """Decoded images through the step, then the writes; one record each, yielded as each model
+    call finishes (so progress moves while a chunk runs)."""
+    import torch
+
+    requests, keys = [], []
+    for key, image in loaded:
+        image_params = params
+        if config.prompts_from is not None:  # read per image, so one missing file fails only its image
+            saved = _saved_prompt(Path(config.prompts_from), key)
+            if isinstance(saved, Exception):
+                yield ImageRecord(key, out.path(output_name(key, params.format)), FAILED, f"{key}: {saved}")
+                continue
+            image_params = params.replace(prompt=saved, prompt_extractor="text")
+        requests.append((image, image_params))
+        keys.append(key)
+    for index, result in upscaler.as_ready(requests, max_batch=config.batch_size,
+                                           release_prompt_models=release_prompt_models):
+        key, name = keys[index], output_name(keys[index], params.format)
+        if isinstance(result, Exception):
+            if not isinstance(result, OSEDiffError | OSError | torch.cuda.OutOfMemoryError):
+                raise result  # a bug: its traceback, not a failed record per image
+            yield ImageRecord(key, out.path(name), FAILED, f"{key}: {first_line(result)}")
+        else:
+            yield _write(config, result, key, name, out)
+
+
+def _write(config: BatchConfig, result: SRResult, key: str, name: str, out: Folder) -> ImageRecord:
+    started = time.perf_counter()
+    try:
+        dst = out.write_image(name, result.image, config.params.quality)
+        if config.save_prompts:
+            out.write_text(str(Path(name).with_suffix(".txt")), result.prompt + "\n")
+    except OSError as err:
+        return ImageRecord(key, out.path(name), FAILED, f"{key}: cannot write {name} ({err})", result.prompt)
+    model_seconds = sum(v for k, v in result.timings.items() if k != "extract") / result.batch_size
+    return ImageRecord(key, dst, WRITTEN, "", result.prompt, model_seconds + time.perf_counter() - started)
 
 
 def _saved_prompt(folder: Path, src: str) -> str | Exception:
@@ -170,45 +229,3 @@ def _saved_prompt(folder: Path, src: str) -> str | Exception:
     if not path.is_file():
         return MissingPromptError(f"no saved prompt {path}")
     return path.read_text(encoding="utf-8").rstrip("\n")
-
-
-def _same_size_groups(items: list[tuple[str, LoadedImage]], batch_size: int) -> list[list]:
-    """Items grouped by image size (in order of first appearance), each group cut to ``batch_size``."""
-    by_size: dict[tuple[int, int], list] = {}
-    for item in items:
-        by_size.setdefault(item[1].rgb.size, []).append(item)
-    return [group[i:i + batch_size] for group in by_size.values() for i in range(0, len(group), batch_size)]
-
-
-def _upscale_group(pipe, config: BatchConfig, group, prompts: dict[str, str], out: Folder) -> list[ImageRecord]:
-    import torch
-
-    started = time.perf_counter()
-    names = [output_name(key, config.format) for key, _ in group]
-    try:
-        results = pipe.run_batch([image.rgb for _, image in group], config.upscale,
-                                 [prompts[key] for key, _ in group], extract_prompt=False, align=config.align,
-                                 tiles=config.tiles, latent=config.latent, seed=config.seed,
-                                 alphas=[image.alpha for _, image in group])
-    except (OSEDiffError, torch.cuda.OutOfMemoryError) as err:
-        return [ImageRecord(key, out.path(name), FAILED, f"{key}: {_first_line(err)}")
-                for (key, _), name in zip(group, names, strict=True)]
-    seconds = (time.perf_counter() - started) / len(group)
-    records = []
-    for (key, _), name, result in zip(group, names, results, strict=True):
-        write_started = time.perf_counter()
-        try:
-            dst = out.write_image(name, result.image, config.quality)
-            if config.save_prompts:
-                out.write_text(str(Path(name).with_suffix(".txt")), result.prompt + "\n")
-        except OSError as err:
-            records.append(ImageRecord(key, out.path(name), FAILED, f"{key}: cannot write {name} ({err})",
-                                       result.prompt))
-            continue
-        records.append(ImageRecord(key, dst, WRITTEN, "", result.prompt,
-                                   seconds + time.perf_counter() - write_started))
-    return records
-
-
-def _first_line(err: BaseException) -> str:
-    return str(err).splitlines()[0] if str(err) else type(err).__name__

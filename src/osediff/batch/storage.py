@@ -14,7 +14,9 @@ from pathlib import Path, PurePosixPath
 
 from PIL import Image
 
-from ..images import IMAGE_SUFFIXES, collect_inputs, save_image_atomic, write_text_atomic
+from ..fileio import first_line, write_text_atomic
+from ..images import IMAGE_SUFFIXES, collect_inputs, save_image_atomic
+from ..outputs import for_format, save_options
 from .config import GLOB_CHARS, BatchConfigError, is_uri
 
 
@@ -24,7 +26,7 @@ def _filesystem(uri: str):
     try:
         return fs.FileSystem.from_uri(uri)
     except Exception as err:  # pyarrow raises ArrowInvalid, OSError, ... for unknown schemes or bad URIs
-        raise BatchConfigError(f"{uri}: cannot open ({str(err).splitlines()[0]})") from None
+        raise BatchConfigError(f"{uri}: cannot open ({first_line(err)})") from None
 
 
 class Folder:
@@ -49,13 +51,11 @@ class Folder:
         return self._fs.get_file_info(f"{self._root}/{name}").type != fs.FileType.NotFound
 
     def write_image(self, name: str, image: Image.Image, quality: int) -> str:
-        suffix = PurePosixPath(name).suffix.lower()
-        kwargs = {"quality": quality} if suffix in (".jpg", ".webp") else {}
-        image = image.convert("RGB") if suffix == ".jpg" else image
+        image, options = for_format(image, name), save_options(name, quality)
         if not self.remote:
-            return str(save_image_atomic(image, Path(self.location) / name, **kwargs))
+            return str(save_image_atomic(image, Path(self.location) / name, **options))
         buffer = io.BytesIO()
-        image.save(buffer, format=Image.registered_extensions()[suffix], **kwargs)
+        image.save(buffer, format=Image.registered_extensions()[PurePosixPath(name).suffix.lower()], **options)
         return self.write_bytes(name, buffer.getvalue())
 
     def write_text(self, name: str, text: str) -> str:
@@ -64,7 +64,7 @@ class Folder:
         return self.write_bytes(name, text.encode("utf-8"))
 
     def write_bytes(self, name: str, data: bytes) -> str:
-        """Remote folders only (local writes go through the atomic helpers of ``osediff.images``)."""
+        """Remote folders only (local writes go through the atomic helpers of ``osediff.fileio``)."""
         self._fs.create_dir(self._root, recursive=True)
         with self._fs.open_output_stream(f"{self._root}/{name}") as out:
             out.write(data)

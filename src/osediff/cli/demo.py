@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from ..limits import DEMO_LIMITS
-from .options import add_limit_options, add_model_options, limits_from_args
+from .options import add_limit_options, add_model_options, limits_from_args, model_options_from_args
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -46,40 +46,37 @@ def run(args: argparse.Namespace) -> int:
     except ImportError:
         print("error: the demo needs gradio: pip install 'osediff[demo]'", file=sys.stderr)
         return 2
-    from ..app.demo import build_demo, launch_demo
-    from ..app.examples import default_examples_dir
-    from ..app.service import DemoSettings, UpscaleService, resolve_extractors
-    from ..device import pick_device, pick_dtype
+    from ..demo.examples import default_examples_dir
+    from ..demo.page import build_demo, launch_demo
+    from ..demo.service import DemoSettings, UpscaleService
     from ..errors import OSEDiffError
-    from ..pipeline import OSEDiffPipeline
-    from ..presets import get_preset, resolve_weights
+    from ..loading import load_upscaler
+    from ..model_files import find_model_files
+    from ..presets import get_preset
+    from ..prompts import available_prompt_extractors
 
     examples = None if args.no_examples else (args.examples or default_examples_dir())
     if examples is not None and not Path(examples).is_dir():
-        raise OSEDiffError(f"examples folder {examples} does not exist; pass --examples FOLDER or --no-examples")
+        raise OSEDiffError(f"examples folder {examples} does not exist; pass {{argument}} FOLDER or --no-examples",
+                           argument="examples")
     limits = limits_from_args(args)
-    device = pick_device(args.device)
-    dtype = pick_dtype(args.dtype, device)
-    # every model file is looked for before anything loads; the page offers what was found
-    extractors, unavailable = resolve_extractors(args.prompt_extractor, local_files_only=args.offline)
-    if args.prompt_extractor in unavailable:
-        raise OSEDiffError(f"prompt extractor {args.prompt_extractor!r}: {unavailable[args.prompt_extractor]}; "
-                           "start the demo with --prompt-extractor text, or once online to download it")
-    for name, reason in unavailable.items():
+    model = model_options_from_args(args)
+    # every file is looked for before anything loads: the chosen extractor's may be downloaded, the
+    # others are offered only if their files are in the local caches
+    others = [name for name in available_prompt_extractors() if name != args.prompt_extractor]
+    files = find_model_files(model, [args.prompt_extractor], optional=others, cached_only=others)
+    for name, reason in files.unavailable.items():
         print(f"note: prompt extractor {name!r} is not offered ({reason})", flush=True)
     print("loading the model ...", flush=True)
-    weights = resolve_weights(args.weights, preset=args.preset, local_files_only=args.offline)
-    pipe = OSEDiffPipeline.from_pretrained(args.base, weights, device=device, dtype=dtype,
-                                           local_files_only=args.offline)
-    service = UpscaleService(pipe, limits, extractor_kwargs={"device": device, "dtype": dtype},
-                             extractors=extractors, unavailable=unavailable)
+    upscaler = load_upscaler(model, files)
+    service = UpscaleService(upscaler, limits)
     # a plain `kill` (SIGTERM) ends the process like Ctrl-C, so the output folder is removed
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
-        preset = get_preset(args.preset)
+        preset = get_preset(model.preset)
         defaults = DemoSettings(upscale=preset.upscale, align=preset.align, extractor=args.prompt_extractor)
         demo = build_demo(None, examples, service=service, defaults=defaults)
-        print(f"model on {device} ({dtype}); examples: {examples or 'none'}", flush=True)
+        print(f"model on {upscaler.device} ({upscaler.pipe.dtype}); examples: {examples or 'none'}", flush=True)
         launch_demo(demo, host=args.host, port=args.port, share=args.share, concurrency=args.concurrency,
                     queue_size=args.queue_size, max_file_size=limits.max_bytes)
     finally:

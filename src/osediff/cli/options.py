@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..limits import RequestLimits
+from ..model_files import ModelOptions
 from ..presets import DEFAULT_PRESET, PRESETS
 
 
@@ -41,3 +42,17 @@ def limits_from_args(args: argparse.Namespace) -> RequestLimits:
     """The limits the flags of :func:`add_limit_options` ask for (a :class:`LimitsError` names the flag)."""
     return RequestLimits(max_bytes=int(args.max_upload_mb * 2**20), max_pixels=args.max_pixels,
                          max_output_pixels=args.max_output_pixels, max_upscale=args.max_upscale)
+
+
+def model_options_from_args(args: argparse.Namespace) -> ModelOptions:
+    """The model the flags ask for; flags a command does not have keep ModelOptions' defaults."""
+    given = {"base": args.base, "weights": args.weights, "preset": args.preset, "device": args.device,
+             "dtype": args.dtype, "offline": args.offline}
+    for flag, option in (("decoder_dtype", "decoder_dtype"), ("preview_decoder", "preview_decoder"),
+                         ("compile", "compile_unet"), ("ram", "ram"), ("dape", "dape"), ("ram_tags", "ram_tags"),
+                         ("captioner", "captioner"), ("prompt_batch_size", "prompt_batch_size")):
+        if hasattr(args, flag):
+            given[option] = getattr(args, flag)
+    if hasattr(args, "no_merge"):
+        given["merge_lora"] = not args.no_merge
+    return ModelOptions(**given)

@@ -15,7 +15,7 @@ import sys
 import threading
 
 from ..limits import SERVE_LIMITS, RequestLimits
-from .options import add_limit_options, add_model_options, limits_from_args
+from .options import add_limit_options, add_model_options, limits_from_args, model_options_from_args
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -84,33 +84,22 @@ def _check_options(args: argparse.Namespace) -> str | None:
 
 
 def build_config(args: argparse.Namespace, limits: RequestLimits):
-    """Resolve the model files once, here (one-line errors), so replicas only read local paths."""
-    from ..checkpoint import resolve_base
-    from ..presets import get_preset, resolve_weights
-    from ..prompts import extractor_needs_model, resolve_extractor_files
-    from ..serve.engine import ALWAYS_LOADED, ServeConfig, file_sha256
-    from ..serve.limits import UpscaleParams
+    """Find the model files once, here (one line naming every miss), so replicas only read local paths."""
+    from ..model_files import weights_spec
+    from ..params import UpscaleParams
+    from ..presets import get_preset
+    from ..serve.engine import ServeConfig
 
-    base = resolve_base(args.base, local_files_only=args.offline)
-    preset = get_preset(args.preset)
-    spec = args.weights or preset.weights
-    weights = resolve_weights(spec, local_files_only=args.offline)
+    model = model_options_from_args(args)
+    preset = get_preset(model.preset)
     chosen = args.prompt_extractor or ["text"]
-    extractors = tuple(dict.fromkeys([*chosen, *ALWAYS_LOADED]))
-    files = {name: resolve_extractor_files(name, ram=args.ram, dape=args.dape, ram_tags=args.ram_tags,
-                                           captioner=args.captioner, local_files_only=args.offline)
-             for name in extractors if extractor_needs_model(name)}
     api_key = os.environ.get(args.api_key_env) if args.api_key_env else None
-    cpus = max(1, int(args.replica_cpus))
-    return ServeConfig(
-        base=str(base), weights=str(weights), device=args.device, dtype=args.dtype, decoder_dtype=args.decoder_dtype,
-        extractors=extractors, extractor_files=files,
-        defaults=UpscaleParams(upscale=preset.upscale, align=preset.align, prompt_extractor=chosen[0]),
-        limits=limits,
-        max_batch_size=args.max_batch_size, batch_wait_s=args.batch_wait_ms / 1000,
+    return ServeConfig.find(
+        model, chosen, defaults=UpscaleParams(upscale=preset.upscale, align=preset.align, prompt_extractor=chosen[0]),
+        limits=limits, max_batch_size=args.max_batch_size, batch_wait_s=args.batch_wait_ms / 1000,
         api_key_sha256=hashlib.sha256(api_key.encode()).hexdigest() if api_key else None,
-        threads=args.threads or cpus, weights_sha256=file_sha256(weights),
-        base_label=args.base or "SD-2.1-base (default mirrors)", weights_label=os.path.basename(str(spec)),
+        threads=args.threads or max(1, int(args.replica_cpus)),
+        base_label=args.base or "SD-2.1-base (default mirrors)", weights_label=weights_spec(model),
     )
 
 

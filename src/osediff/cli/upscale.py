@@ -10,81 +10,21 @@ over a Ray cluster (see the README's "Many images / a cluster").
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import functools
 import os
 import sys
-from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from ..batch.config import OUTPUT_FORMATS, BatchConfig, ModelOptions
+from ..batch.config import BatchConfig
 from ..images import DEFAULT_MAX_PIXELS
+from ..params import ALIGN_METHODS, LATENT_MODES, OUTPUT_FORMATS, VAE_MAPS, TileConfig, UpscaleParams
 from ..prompts import available_prompt_extractors
-from .options import add_model_options
+from .options import add_model_options, model_options_from_args
 
-# tiling flag -> TileConfig field; their defaults are TileConfig's own
-TILE_FLAGS = {"latent_tile": "latent_tile", "latent_overlap": "latent_overlap",
-              "vae_encoder_tile": "vae_encoder_tile", "vae_decoder_tile": "vae_decoder_tile",
-              "tile_batch": "batch_size", "vae_maps": "vae_maps"}
-
-
-class _Lazy(Sequence):
-    """A sequence computed on first use: choices that need torch import it only when checked or shown
-    (with a ``metavar``, or argparse lists them while the parser is built)."""
-
-    def __init__(self, load: Callable[[], Sequence]) -> None:
-        self._load = functools.cache(load)
-
-    def __getitem__(self, index):
-        return self._load()[index]
-
-    def __len__(self) -> int:
-        return len(self._load())
-
-
-class _TileDefault:
-    """A flag's default read from ``TileConfig()`` when shown or used (the pipeline imports torch)."""
-
-    def __init__(self, field: str) -> None:
-        self.field = field
-
-    def value(self):
-        from ..pipeline import TileConfig
-
-        return getattr(TileConfig(), self.field)
-
-    def __str__(self) -> str:
-        return str(self.value())
-
-
-def _align_methods() -> tuple[str, ...]:
-    from ..color import ALIGN_METHODS
-
-    return ALIGN_METHODS
-
-
-def _vae_maps() -> tuple[str, ...]:
-    import typing
-
-    from ..pipeline import TileConfig
-
-    return typing.get_args(typing.get_type_hints(TileConfig)["vae_maps"])
-
-
-class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
-    """The description as written, and each option's default (unless none or off) after its help."""
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        text = action.help or ""
-        unset = any(action.default is value for value in (None, False, "", argparse.SUPPRESS))
-        if action.option_strings and not unset and "%(default)" not in text:
-            text += " (default: %(default)s)"
-        return text
+TILES = TileConfig()  # the flags' defaults
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("upscale", help="super-resolve images", description=__doc__,
-                              formatter_class=_HelpFormatter)
+    p = subparsers.add_parser("upscale", help="super-resolve images", description=__doc__)
     p.add_argument("inputs", nargs="+", metavar="INPUT",
                    help="image files, folders or glob patterns (with --engine ray also s3://, gs://, file:// URIs)")
     p.add_argument("-o", "--output", required=True, help="output folder (with --engine ray also a URI)")
@@ -104,25 +44,25 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--prompts-from", type=Path, default=None,
                    help="folder of <stem>.txt prompts saved by an earlier run (skips extraction)")
     p.add_argument("--save-prompts", action="store_true", help="write the prompt used as <stem>.txt")
-    p.add_argument("--align", choices=_Lazy(_align_methods), default=None, metavar="METHOD",
+    p.add_argument("--align", choices=ALIGN_METHODS, default=None, metavar="METHOD",
                    help="colour alignment: %(choices)s (default: the preset's, adain for osediff)")
-    p.add_argument("--latent", choices=("mode", "sample"), default="mode",
+    p.add_argument("--latent", choices=LATENT_MODES, default="mode",
                    help="latent mean (deterministic) or a sample as the authors' code does")
     p.add_argument("--seed", type=int, default=None, help="seed for --latent sample")
     p.add_argument("--batch-size", type=int, default=1,
                    help="images of one size that go through the model together (more memory, fewer passes)")
     tiles = p.add_argument_group("tiling (switches on automatically above the tile sizes)")
     tiles.add_argument("--no-tiling", action="store_true", help="never tile (needs memory for the whole image)")
-    tiles.add_argument("--latent-tile", type=int, default=_TileDefault("latent_tile"),
+    tiles.add_argument("--latent-tile", type=int, default=TILES.latent_tile,
                        help="UNet tile in latent pixels (x8 in pixels)")
-    tiles.add_argument("--latent-overlap", type=int, default=_TileDefault("latent_overlap"),
+    tiles.add_argument("--latent-overlap", type=int, default=TILES.latent_overlap,
                        help="UNet tile overlap in latent pixels")
-    tiles.add_argument("--vae-encoder-tile", type=int, default=_TileDefault("vae_encoder_tile"),
+    tiles.add_argument("--vae-encoder-tile", type=int, default=TILES.vae_encoder_tile,
                        help="VAE encoder tile in pixels")
-    tiles.add_argument("--vae-decoder-tile", type=int, default=_TileDefault("vae_decoder_tile"),
+    tiles.add_argument("--vae-decoder-tile", type=int, default=TILES.vae_decoder_tile,
                        help="VAE decoder tile in latent pixels")
-    tiles.add_argument("--tile-batch", type=int, default=_TileDefault("batch_size"), help="UNet tiles per forward pass")
-    tiles.add_argument("--vae-maps", choices=_Lazy(_vae_maps), default=_TileDefault("vae_maps"), metavar="WHERE",
+    tiles.add_argument("--tile-batch", type=int, default=TILES.tiles_per_pass, help="UNet tiles per forward pass")
+    tiles.add_argument("--vae-maps", choices=VAE_MAPS, default=TILES.vae_maps, metavar="WHERE",
                        help="%(choices)s: where the tiled VAE keeps full-size feature maps; cpu bounds GPU memory "
                             "by one tile (slower); auto: cpu when they would fill over 1/4 of free GPU memory")
     model = add_model_options(p)
@@ -133,9 +73,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                        help="fast approximate decoder for previews: a TAESD hub id (madebyollin/taesd) or folder")
     model.add_argument("--compile", action="store_true", help="torch.compile the UNet (pays off on big batches)")
     out = p.add_argument_group("output")
-    out.add_argument("--format", choices=(*OUTPUT_FORMATS, "same"), default="png", help="output format")
+    out.add_argument("--format", choices=(*OUTPUT_FORMATS, "jpg", "same"), default="png",
+                     help="output format (same: each input's own)")
     out.add_argument("--quality", type=int, default=95, help="JPEG/WebP quality (1-100)")
-    out.add_argument("--skip-existing", action="store_true", help="skip inputs whose output exists")
+    out.add_argument("--skip-existing", action="store_true",
+                     help="skip inputs whose output exists (how an interrupted run, local or Ray, resumes)")
     out.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
                      help="refuse inputs with more pixels than this")
     engine = p.add_argument_group("engine")
@@ -154,24 +96,21 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def config_from_args(args: argparse.Namespace) -> BatchConfig:
     """The batch job the flags describe; this process's share under accelerate/torchrun."""
-    from ..pipeline import TileConfig
     from ..presets import get_preset
 
-    tile_values = {field: getattr(args, flag) for flag, field in TILE_FLAGS.items()}
-    tiles = TileConfig(enabled=not args.no_tiling, **{field: value.value() if isinstance(value, _TileDefault)
-                                                      else value for field, value in tile_values.items()})
-    preset = get_preset(args.preset)
-    model = ModelOptions(base=args.base, weights=args.weights, preset=preset.name, device=args.device, dtype=args.dtype,
-                         offline=args.offline, merge_lora=not args.no_merge, decoder_dtype=args.decoder_dtype,
-                         preview_decoder=args.preview_decoder, compile_unet=args.compile)
-    shared = {f.name for f in dataclasses.fields(BatchConfig)} - {"inputs", "output", "tiles", "model", "rank",
-                                                                   "world", "upscale", "align"}
+    tiles = TileConfig(enabled=not args.no_tiling, latent_tile=args.latent_tile, latent_overlap=args.latent_overlap,
+                       vae_encoder_tile=args.vae_encoder_tile, vae_decoder_tile=args.vae_decoder_tile,
+                       tiles_per_pass=args.tile_batch, vae_maps=args.vae_maps)
+    model = model_options_from_args(args)
+    preset = get_preset(model.preset)
+    params = UpscaleParams(upscale=preset.upscale if args.upscale is None else args.upscale,
+                           align=args.align or preset.align, prompt=args.prompt, prompt_extractor=args.prompt_extractor,
+                           latent=args.latent, seed=args.seed, tiles=tiles, format=args.format, quality=args.quality)
     return BatchConfig(inputs=list(args.inputs), output=args.output if "://" in args.output else Path(args.output),
-                       upscale=preset.upscale if args.upscale is None else args.upscale,
-                       align=args.align or preset.align,
-                       tiles=tiles, model=model, rank=int(os.environ.get("RANK", 0)),
-                       world=int(os.environ.get("WORLD_SIZE", 1)),
-                       **{name: getattr(args, name) for name in shared})
+                       params=params, model=model, prompt_fallback=args.prompt_fallback,
+                       prompts_from=args.prompts_from, save_prompts=args.save_prompts,
+                       skip_existing=args.skip_existing, max_pixels=args.max_pixels, batch_size=args.batch_size,
+                       rank=int(os.environ.get("RANK", 0)), world=int(os.environ.get("WORLD_SIZE", 1)))
 
 
 def run(args: argparse.Namespace) -> int:

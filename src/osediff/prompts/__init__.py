@@ -13,6 +13,7 @@ from .base import (
     compose_prompt,
     create_prompt_extractor,
     extractor_needs_model,
+    known_prompt_extractor,
     register_prompt_extractor,
     resolve_extractor_files,
 )
@@ -66,6 +67,7 @@ __all__ = [
     "compose_prompt",
     "create_prompt_extractor",
     "extractor_needs_model",
+    "known_prompt_extractor",
     "register_prompt_extractor",
     "resolve_extractor_files",
 ]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..errors import OSEDiffError
+from ..errors import OptionError
 from .engine import ServeConfig
 
 RETRY_AFTER_S = 1.0
@@ -27,7 +27,7 @@ class Scaling:
     graceful_shutdown_s: float = 5.0
 
 
-class ScalingError(OSEDiffError, ValueError):
+class ScalingError(OptionError):
     """A replica or autoscaling option that cannot work."""
 
 
@@ -36,9 +36,9 @@ def parse_autoscale(text: str) -> tuple[int, int]:
     try:
         low, high = (int(part) for part in text.split(":"))
     except ValueError:
-        raise ScalingError(f"--autoscale takes MIN:MAX (e.g. 1:4), got {text!r}") from None
+        raise ScalingError(f"takes MIN:MAX (e.g. 1:4), got {text!r}", argument="autoscale") from None
     if not 0 <= low <= high or high < 1:
-        raise ScalingError(f"--autoscale MIN:MAX needs 0 <= MIN <= MAX and MAX >= 1, got {text!r}")
+        raise ScalingError(f"MIN:MAX needs 0 <= MIN <= MAX and MAX >= 1, got {text!r}", argument="autoscale")
     return low, high
 
 

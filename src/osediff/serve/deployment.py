@@ -24,13 +24,16 @@ from starlette.exceptions import HTTPException
 
 from .. import __version__
 from ..errors import OSEDiffError
-from .engine import Engine, Job, JobResult, ServeConfig, encode_image
+from ..fileio import first_line
+from ..outputs import encode_image
+from .engine import Engine, Job, JobResult, ServeConfig
 from .limits import (
     PARAMETERS,
     RequestError,
     Unauthorized,
     check_content_length,
     error_status,
+    media_type,
     open_checked,
     parse_params,
     read_limited,
@@ -54,7 +57,7 @@ def _error(status: int, message: str) -> JSONResponse:
 async def _project_error(request: Request, err: OSEDiffError) -> JSONResponse:
     status = error_status(err)
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-    return JSONResponse({"error": str(err).splitlines()[0]}, status_code=status, headers=headers)
+    return JSONResponse({"error": first_line(err)}, status_code=status, headers=headers)
 
 
 @api.exception_handler(RequestValidationError)
@@ -178,7 +181,7 @@ class OSEDiffServer:
         align: str | None = Query(None, description="colour alignment: adain (default), wavelet or none"),
         prompt: str | None = Query(None, description="text prompt (added after extracted tags)"),
         prompt_extractor: str | None = Query(None, description="one of the extractors in /v1/info"),
-        format: str | None = Query(None, description="png (default), jpeg or webp"),
+        format: str | None = Query(None, description="png (default), jpeg, webp or tiff"),
         quality: str | None = Query(None, description="JPEG/WebP quality 1-100 (default 95)"),
     ) -> Response:
         started = time.perf_counter()
@@ -190,7 +193,9 @@ class OSEDiffServer:
         result = await self._infer(job)
         if isinstance(result, BaseException):
             raise result
-        body = await asyncio.get_running_loop().run_in_executor(None, encode_image, result.image, job.params)
+        params = job.params
+        body = await asyncio.get_running_loop().run_in_executor(None, encode_image, result.image, params.format,
+                                                                params.quality)
         timings = {**result.timings, "total": time.perf_counter() - started}
         for stage, seconds in timings.items():
             self.stage_seconds.observe(seconds, tags={"stage": stage})
@@ -201,7 +206,7 @@ class OSEDiffServer:
             "X-OSEDiff-Seconds": f"{timings['total']:.4f}",
             "Server-Timing": ", ".join(f"{stage};dur={seconds * 1000:.1f}" for stage, seconds in timings.items()),
         }
-        return Response(body, media_type=job.params.media_type, headers=headers)
+        return Response(body, media_type=media_type(params), headers=headers)
 
     async def _checked_job(self, request: Request) -> Job:
         """Every check, cheapest first; nothing here touches the model."""

@@ -2,7 +2,8 @@
 
 Everything here runs before the model sees a request, and without torch, so a refusal costs
 milliseconds: sizes are read from ``Content-Length`` and while the body streams in, pixel counts
-from the image header.
+from the image header. The parameters are :class:`~osediff.params.UpscaleParams` fields, checked
+there; what a request leaves out comes from the server's defaults.
 """
 
 from __future__ import annotations
@@ -10,17 +11,16 @@ from __future__ import annotations
 import io
 import math
 import warnings
-from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Mapping, Sequence
 
 from PIL import Image, UnidentifiedImageError
 
-from ..color import ALIGN_METHODS
 from ..errors import OSEDiffError
 from ..images import ImageLoadError, LoadedImage, load_image
-from ..limits import RequestLimits, output_size
+from ..limits import LimitExceeded, RequestLimits, check_request
+from ..outputs import MEDIA_TYPES
+from ..params import FORMAT_ALIASES, OUTPUT_FORMATS, ParamError, UpscaleParams
 
-OUTPUT_FORMATS: dict[str, str] = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 PARAMETERS = ("upscale", "align", "prompt", "prompt_extractor", "format", "quality")
 MAX_PROMPT_CHARS = 1000
 
@@ -30,8 +30,8 @@ class RequestError(OSEDiffError):
 
     status = 400
 
-    def __init__(self, message: str, status: int | None = None) -> None:
-        super().__init__(message)
+    def __init__(self, problem: str = "", *, argument: str | None = None, status: int | None = None) -> None:
+        super().__init__(problem, argument=argument)
         if status is not None:
             self.status = status
 
@@ -54,62 +54,58 @@ def error_status(err: BaseException) -> int:
         return err.status
     if isinstance(err, ImageLoadError):
         return 400
+    if isinstance(err, LimitExceeded):
+        return 422 if err.kind == "upscale" else 413
     if isinstance(err, OSEDiffError):
         return 422
     return 500
 
 
-@dataclass(frozen=True)
-class UpscaleParams:
-    upscale: float = 4.0
-    align: str = "adain"
-    prompt: str = ""
-    prompt_extractor: str = "text"
-    format: str = "png"
-    quality: int = 95
-
-    @property
-    def media_type(self) -> str:
-        return OUTPUT_FORMATS[self.format]
+def media_type(params: UpscaleParams) -> str:
+    return MEDIA_TYPES[params.format]
 
 
-def parse_params(values: Mapping[str, str | None], extractors: tuple[str, ...], limits: RequestLimits,
-                 defaults: UpscaleParams = UpscaleParams()) -> UpscaleParams:
-    """Validate the request's parameters (query string or form fields); 422 on anything unsupported.
+def parse_params(values: Mapping[str, str | None], extractors: Sequence[str], limits: RequestLimits,
+                 defaults: UpscaleParams | None = None) -> UpscaleParams:
+    """The request's parameters (query string or form fields) as checked UpscaleParams; 422 otherwise.
 
-    What the request leaves out comes from ``defaults`` (the server's preset and prompt extractor)."""
+    What the request leaves out comes from ``defaults`` (the server's preset and prompt extractor);
+    the fields are those of :class:`UpscaleParams`, so a refusal names the parameter as sent."""
     unknown = sorted(set(values) - set(PARAMETERS))
     if unknown:
         raise Unprocessable(f"unknown parameter {unknown[0]!r}; accepted: {', '.join(PARAMETERS)}")
     given = {key: value for key, value in values.items() if value is not None and value != ""}
-    upscale = _number(given["upscale"], "upscale", float) if "upscale" in given else defaults.upscale
-    if not (math.isfinite(upscale) and 1.0 <= upscale <= limits.max_upscale):
-        raise Unprocessable(f"upscale must be between 1 and {limits.max_upscale:g}, got {given.get('upscale')}")
-    align = given.get("align", defaults.align)
-    if align not in ALIGN_METHODS:
-        raise Unprocessable(f"unknown align {align!r}; choose one of {', '.join(ALIGN_METHODS)}")
-    extractor = given.get("prompt_extractor", defaults.prompt_extractor)
-    if extractor not in extractors:
-        raise Unprocessable(f"prompt_extractor {extractor!r} is not loaded on this server; "
-                            f"choose one of {', '.join(extractors)}")
-    prompt = values.get("prompt") or ""
-    if len(prompt) > MAX_PROMPT_CHARS:
-        raise Unprocessable(f"prompt is {len(prompt)} characters; at most {MAX_PROMPT_CHARS} are accepted")
-    fmt = given.get("format", defaults.format).lower()
-    fmt = "jpeg" if fmt == "jpg" else fmt
-    if fmt not in OUTPUT_FORMATS:
-        raise Unprocessable(f"unknown format {fmt!r}; choose one of {', '.join(OUTPUT_FORMATS)}")
-    quality = _number(given["quality"], "quality", int) if "quality" in given else defaults.quality
-    if not 1 <= quality <= 100:
-        raise Unprocessable(f"quality must be between 1 and 100, got {quality}")
-    return UpscaleParams(upscale, align, prompt, extractor, fmt, quality)
+    changes: dict = {key: given[key] for key in ("align", "prompt_extractor", "format") if key in given}
+    changes["prompt"] = values.get("prompt") or ""
+    if "upscale" in given:
+        upscale = changes["upscale"] = _number(given["upscale"], "upscale", float)
+        if not (math.isfinite(upscale) and 1.0 <= upscale <= limits.max_upscale):
+            raise Unprocessable(f"must be between 1 and {limits.max_upscale:g}, got {given['upscale']}",
+                                argument="upscale")
+    if "quality" in given:
+        changes["quality"] = _number(given["quality"], "quality", int)
+    if len(changes["prompt"]) > MAX_PROMPT_CHARS:
+        raise Unprocessable(f"is {len(changes['prompt'])} characters; at most {MAX_PROMPT_CHARS} are accepted",
+                            argument="prompt")
+    if "format" in given and FORMAT_ALIASES.get(given["format"].lower(), given["format"].lower()) not in OUTPUT_FORMATS:
+        raise Unprocessable(f"must be one of {', '.join(OUTPUT_FORMATS)} (or jpg), got {given['format']!r}",
+                            argument="format")
+    try:
+        params = (defaults or UpscaleParams()).replace(**changes)
+    except ParamError as err:
+        raise Unprocessable(err.problem, argument=err.argument) from None
+    if params.prompt_extractor not in extractors:
+        raise Unprocessable(f"{params.prompt_extractor!r} is not loaded on this server; "
+                            f"choose one of {', '.join(extractors)}", argument="prompt_extractor")
+    return params
 
 
 def _number(text: str, name: str, kind: type[float] | type[int]) -> float | int:
     try:
         return kind(text)
     except (TypeError, ValueError):
-        raise Unprocessable(f"{name} must be a{'n integer' if kind is int else ' number'}, got {text!r}") from None
+        raise Unprocessable(f"must be a{'n integer' if kind is int else ' number'}, got {text!r}",
+                            argument=name) from None
 
 
 def check_content_length(header: str | None, limits: RequestLimits) -> None:
@@ -149,12 +145,6 @@ def open_checked(data: bytes, params: UpscaleParams, limits: RequestLimits) -> L
         raise RequestError("the upload is not an image (format not recognised)") from None
     except (OSError, SyntaxError, ValueError) as err:
         raise RequestError(f"cannot read the image header ({err})") from None
-    if width * height > limits.max_pixels:
-        raise TooLarge(f"the image is {width}x{height} = {width * height} pixels; "
-                       f"at most {limits.max_pixels} are accepted")
-    out_w, out_h = output_size(width, height, params.upscale)
-    if out_w * out_h > limits.max_output_pixels:
-        raise TooLarge(f"x{params.upscale:g} of {width}x{height} would be {out_w}x{out_h} = {out_w * out_h} "
-                       f"pixels; at most {limits.max_output_pixels} are produced")
+    check_request(width, height, params.upscale, limits)
     # load_image checks the header again, then decodes; its errors name the upload, never a path
     return load_image(data, max_pixels=limits.max_pixels, name="upload")

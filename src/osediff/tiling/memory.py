@@ -7,11 +7,9 @@ is worth it only when the maps would crowd the GPU. The estimate below is the ti
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 
-MapPlace = Literal["auto", "device", "cpu"]
+from ..params import VAE_MAPS, VaeMaps
 
 # full-resolution channels the tiled SD decoder stores at once when it does not recompute: the
 # upsampled 256-channel map plus the first resnet's 128-channel inner map
@@ -29,14 +27,14 @@ def tiled_vae_map_bytes(pixels: int, dtype: torch.dtype) -> int:
     return _LIVE_MAP_CHANNELS * pixels * dtype.itemsize
 
 
-def vae_map_store(vae_maps: MapPlace, device: torch.device, pixels: int, dtype: torch.dtype) -> torch.device:
+def vae_map_store(vae_maps: VaeMaps, device: torch.device, pixels: int, dtype: torch.dtype) -> torch.device:
     """Where the tiled VAE of a ``pixels``-pixel image on ``device`` keeps its maps.
 
     ``"device"``: ``device`` itself; ``"cpu"``: host memory; ``"auto"``: host memory on a GPU where
     the maps would take over a quarter of its free memory, else ``device``.
     """
-    if vae_maps not in ("auto", "device", "cpu"):
-        raise ValueError(f"vae_maps must be 'auto', 'device' or 'cpu', got {vae_maps!r}")
+    if vae_maps not in VAE_MAPS:
+        raise ValueError(f"vae_maps must be one of {', '.join(VAE_MAPS)}, got {vae_maps!r}")
     if vae_maps == "cpu" or (vae_maps == "auto" and device.type == "cuda"
                              and tiled_vae_map_bytes(pixels, dtype) > torch.cuda.mem_get_info(device)[0] / 4):
         return torch.device("cpu")

@@ -11,7 +11,8 @@ from pathlib import Path
 
 from ..errors import OSEDiffError
 from ..images import ImageLoadError, LoadedImage, load_image
-from ..limits import RequestLimits, output_size
+from ..limits import LimitExceeded, RequestLimits
+from ..limits import check_request as check_limits
 
 
 class DemoInputError(OSEDiffError, ValueError):
@@ -56,10 +57,8 @@ def open_limited(path: Path, limits: RequestLimits) -> LoadedImage:
     _check_header(path, limits)
     try:
         return load_image(path, max_pixels=limits.max_pixels)
-    except ImageLoadError as err:
-        # load_image names the server-side file; the user only needs the reason
-        reason = str(err).split(": ", 1)[-1]
-        raise DemoInputError(f"cannot use this image: {reason}") from None
+    except ImageLoadError as err:  # its source is the server-side file: the user only needs the problem
+        raise DemoInputError(f"cannot use this image: {err.problem}") from None
 
 
 def _check_header(path: Path, limits: RequestLimits) -> None:
@@ -72,21 +71,26 @@ def _check_header(path: Path, limits: RequestLimits) -> None:
     except (UnidentifiedImageError, OSError, ValueError):
         return  # load_image reports undecodable files precisely
     if width * height > limits.max_pixels:
-        side = limits.max_side
-        raise DemoInputError(
-            f"the image is {width}x{height} = {width * height:,} pixels; this demo accepts up to "
-            f"{limits.max_pixels:,} pixels (about {side}x{side}). Please downscale or crop it first."
-        )
+        raise page_message(LimitExceeded(kind="pixels", limit=limits.max_pixels, size=(width, height)), limits)
 
 
 def check_request(width: int, height: int, upscale: float, limits: RequestLimits) -> tuple[int, int]:
-    """Validate the upscale factor and the output size; returns the output (width, height)."""
-    if not 1.0 <= upscale <= limits.max_upscale:
-        raise DemoInputError(f"the upscale factor must be between 1 and {limits.max_upscale:g}, got {upscale:g}")
-    out_w, out_h = output_size(width, height, upscale)
-    if out_w * out_h > limits.max_output_pixels:
-        raise DemoInputError(
-            f"x{upscale:g} of a {width}x{height} image would be {out_w}x{out_h} = {out_w * out_h:,} pixels; "
-            f"this demo produces at most {limits.max_output_pixels:,}. Use a smaller factor or image."
-        )
-    return out_w, out_h
+    """The output (width, height), if the factor and the output size are within the demo's limits."""
+    try:
+        return check_limits(width, height, upscale, limits)
+    except LimitExceeded as err:
+        raise page_message(err, limits) from None
+
+
+def page_message(err: LimitExceeded, limits: RequestLimits) -> DemoInputError:
+    """A limit the request went over, worded for the person on the page."""
+    (width, height), (out_w, out_h) = err.size, err.output
+    if err.kind == "pixels":
+        side = limits.max_side
+        return DemoInputError(f"the image is {width}x{height} = {width * height:,} pixels; this demo accepts up to "
+                              f"{limits.max_pixels:,} pixels (about {side}x{side}). Please downscale or crop it first.")
+    if err.kind == "upscale":
+        return DemoInputError(f"the upscale factor must be between 1 and {limits.max_upscale:g}, got {err.upscale:g}")
+    return DemoInputError(f"x{err.upscale:g} of a {width}x{height} image would be {out_w}x{out_h} = {out_w * out_h:,} "
+                          f"pixels; this demo produces at most {limits.max_output_pixels:,}. Use a smaller factor or "
+                          "image.")

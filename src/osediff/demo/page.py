@@ -20,12 +20,14 @@ from typing import Any
 
 import gradio as gr
 
-from ..color import ALIGN_METHODS
+from ..errors import OSEDiffError
+from ..fileio import first_line
 from ..limits import DEMO_LIMITS, RequestLimits
-from ..pipeline import OSEDiffPipeline
+from ..params import ALIGN_METHODS
+from ..pipeline import OSEDiffPipeline, Upscaler
 from .examples import ExampleLibrary
-from .limits import DemoInputError, check_upload, open_limited
 from .service import DemoSettings, UpscaleService
+from .uploads import DemoInputError, check_upload, open_limited
 
 TITLE = "OSEDiff: one-step diffusion super-resolution"
 INTRO = (
@@ -104,12 +106,11 @@ def _style_kwargs(target: Callable[..., Any]) -> dict[str, Any]:
     return {"theme": _theme()} if "theme" in params else {}
 
 
-def build_demo(pipe: OSEDiffPipeline | Callable[[], OSEDiffPipeline] | None,
+def build_demo(model: Upscaler | OSEDiffPipeline | Callable[[], Upscaler | OSEDiffPipeline] | None,
                examples_dir: str | os.PathLike | None = None, *,
                limits: RequestLimits = DEMO_LIMITS, service: UpscaleService | None = None,
-               extractor_kwargs: dict[str, Any] | None = None,
                defaults: DemoSettings | None = None) -> gr.Blocks:
-    """The page around one pipeline, loaded here once if a factory is given. Call ``.queue()``/``.launch()`` on it.
+    """The page around one model, loaded here once if a factory is given. Call ``.queue()``/``.launch()`` on it.
 
     ``limits`` caps each request; ``service`` (which has its own limits) replaces the whole
     request path (tests use it to count calls). ``defaults`` are the controls' first values (the
@@ -117,10 +118,10 @@ def build_demo(pipe: OSEDiffPipeline | Callable[[], OSEDiffPipeline] | None,
     """
     defaults = defaults or DemoSettings()
     if service is None:
-        if pipe is None:
-            raise ValueError("build_demo needs a pipeline, a pipeline factory or a service")
-        model = pipe if isinstance(pipe, OSEDiffPipeline) else pipe()
-        service = UpscaleService(model, limits, extractor_kwargs=extractor_kwargs)
+        if model is None:
+            raise ValueError("build_demo needs an Upscaler, a pipeline, a factory of either, or a service")
+        loaded = model if isinstance(model, Upscaler | OSEDiffPipeline) else model()
+        service = UpscaleService(loaded, limits)
     limits = service.limits
     examples = ExampleLibrary.from_folder(examples_dir)
     handlers = DemoHandlers(service, examples)
@@ -213,8 +214,8 @@ class DemoHandlers:
             result = self.service.upscale(loaded, settings, name=Path(image_path).name)
         except DemoInputError as err:
             raise self._refuse(str(err), request) from None
-        except (RuntimeError, ValueError, TypeError) as err:  # e.g. out of memory: tell the user, keep the server up
-            raise self._refuse(f"upscaling failed: {str(err).splitlines()[0]}", request) from None
+        except (OSEDiffError, RuntimeError, ValueError, TypeError) as err:  # e.g. out of memory: keep the server up
+            raise self._refuse(f"upscaling failed: {first_line(err)}", request) from None
         button = gr.DownloadButton(value=str(result.png_path), interactive=True)
         return (result.bicubic, result.image), button, result.prompt, result.summary(self.service.device), ""
 

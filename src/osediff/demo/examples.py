@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from ..images import list_images
-from .limits import DemoInputError
+from .uploads import DemoInputError
 
 # the sample inputs shipped in the checkout, else RealSR's LR images when the repository sits next to
 # the shared benchmark data

@@ -1,0 +1,46 @@
+"""The one way every front end loads the model: :func:`load_upscaler`.
+
+The command line, the batch runner, each Ray replica, each service replica and the demo call it
+with the :class:`~osediff.model_files.ModelOptions` they were given and the files
+:func:`~osediff.model_files.find_model_files` found, so the model is the same whichever asks.
+Device and dtype are parsed once, here, and handed down as torch objects.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from .device import pick_decoder_dtype, pick_device, pick_dtype
+from .model_files import ModelFiles, ModelOptions
+from .pipeline import OSEDiffPipeline, Upscaler
+from .prompts.offered import PromptExtractors
+
+
+def load_upscaler(options: ModelOptions, files: ModelFiles, *, device: torch.device | None = None,
+                  fixed_prompts: Sequence[str] | None = None, build_extractors: bool = False) -> Upscaler:
+    """The pipeline on its device, optimised as measured fastest, with the extractors of ``files``.
+
+    ``device`` overrides ``options.device`` (one GPU per process under torchrun). With
+    ``fixed_prompts`` only those prompts can be used: they are encoded while loading and the text
+    encoder is never kept. ``build_extractors`` builds every extractor now instead of on first use.
+    """
+    device = device or pick_device(options.device)
+    dtype = pick_dtype(options.dtype, device)
+    preview = None
+    if options.preview_decoder:
+        from diffusers import AutoencoderTiny
+
+        preview = AutoencoderTiny.from_pretrained(options.preview_decoder, local_files_only=options.offline)
+    pipe = OSEDiffPipeline.from_pretrained(
+        files.base, files.weights, device=device, dtype=dtype, merge_lora=options.merge_lora,
+        local_files_only=True, prompts=fixed_prompts, preview_decoder=preview,
+        decoder_dtype=pick_decoder_dtype(options.decoder_dtype, device, dtype))
+    if options.compile_unet:
+        pipe.optimize(channels_last=False, compile_unet=True)
+    extractors = PromptExtractors(files.extractors, device=device, dtype=dtype,
+                                  batch_size=options.prompt_batch_size, unavailable=files.unavailable)
+    if build_extractors:
+        extractors.build_all()
+    return Upscaler(pipe, extractors, owns_models=True)

@@ -1,0 +1,138 @@
+"""What one upscale asks for, as one frozen object every front end builds and checks once.
+
+:class:`UpscaleParams` holds the factor, colour alignment, prompt and prompt extractor, latent mode
+and seed, tiling (:class:`TileConfig`) and the output encoding. Both objects check every field when
+they are made, so a value that cannot work is refused where it is given, in one
+:class:`ParamError` naming the argument (``tiles.latent_overlap``), before any model loads; the
+command line shows that argument as its flag. No torch here: the CLI, the service's request
+parsing and the demo's controls use it without loading the model stack.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Literal, get_args
+
+from .errors import OptionError
+
+AlignMethod = Literal["adain", "wavelet", "none"]
+ALIGN_METHODS: tuple[str, ...] = get_args(AlignMethod)
+LatentMode = Literal["mode", "sample"]
+LATENT_MODES: tuple[str, ...] = get_args(LatentMode)
+VaeMaps = Literal["auto", "device", "cpu"]
+VAE_MAPS: tuple[str, ...] = get_args(VaeMaps)
+# encoding -> file suffix; "same" keeps an input file's own format (see osediff.outputs.output_name)
+OUTPUT_FORMATS: dict[str, str] = {"png": ".png", "jpeg": ".jpg", "webp": ".webp", "tiff": ".tiff"}
+FORMAT_ALIASES = {"jpg": "jpeg", "tif": "tiff"}
+KEEP_FORMAT = "same"
+
+
+class ParamError(OptionError):
+    """A parameter of an upscale that cannot work; ``argument`` names it (``tiles.latent_tile``)."""
+
+
+def _require(ok: bool, argument: str, problem: str) -> None:
+    if not ok:
+        raise ParamError(problem, argument=argument)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+@dataclass(frozen=True)
+class TileConfig:
+    """When and how to tile; every size is the largest processed in one piece.
+
+    Defaults follow the authors' test script (latent tiles of 96 with overlap 32, VAE encoder
+    tiles of 1024 px, decoder tiles of 224 latent px); ``tiles_per_pass`` UNet tiles go through
+    the network together. ``vae_maps`` is where the tiled VAE keeps its full-size feature maps
+    between layers: ``"cpu"`` bounds GPU memory by one tile's work (slower: every layer's map
+    crosses PCIe), ``"auto"`` picks it on a GPU when the maps of the image would take over a
+    quarter of the free GPU memory.
+    """
+
+    enabled: bool = True
+    latent_tile: int = 96
+    latent_overlap: int = 32
+    vae_encoder_tile: int = 1024
+    vae_decoder_tile: int = 224
+    tiles_per_pass: int = 4
+    vae_maps: VaeMaps = "auto"
+
+    def __post_init__(self) -> None:
+        _require(isinstance(self.enabled, bool), "tiles.enabled", f"must be True or False, got {self.enabled!r}")
+        for name in ("latent_tile", "vae_encoder_tile", "vae_decoder_tile", "tiles_per_pass"):
+            value = getattr(self, name)
+            _require(_is_int(value) and value >= 1, f"tiles.{name}", f"must be an integer >= 1, got {value!r}")
+        overlap = self.latent_overlap
+        _require(_is_int(overlap) and 0 <= overlap < self.latent_tile, "tiles.latent_overlap",
+                 f"must be 0..{self.latent_tile - 1} (below the latent tile of {self.latent_tile}), got {overlap!r}")
+        _require(self.vae_maps in VAE_MAPS, "tiles.vae_maps",
+                 f"must be one of {', '.join(VAE_MAPS)}, got {self.vae_maps!r}")
+
+    @classmethod
+    def for_output_tile(cls, pixels: int) -> TileConfig:
+        """UNet tiles of ``pixels`` output pixels with the authors' 1/3 overlap (0: no tiling)."""
+        if pixels <= 0:
+            return cls(enabled=False)
+        latent = max(16, int(pixels) // 8)
+        return cls(latent_tile=latent, latent_overlap=latent // 3)
+
+
+@dataclass(frozen=True)
+class UpscaleParams:
+    """Everything one image's upscale depends on besides the model and the image itself.
+
+    ``upscale`` is the output/input size ratio (any value >= 1); ``prompt`` the user's text, which
+    ``prompt_extractor`` (a registered name: ``text`` uses it alone, ``none`` drops it, ``dape``/
+    ``ram``/``caption`` put it after what they see) turns into the UNet's prompt; ``latent`` the
+    encoder's latent mean (``mode``, deterministic) or a sample drawn with ``seed``; ``format`` and
+    ``quality`` how the result is encoded (``same``: an input file's own format).
+    """
+
+    upscale: float = 4.0
+    align: AlignMethod = "adain"
+    prompt: str = ""
+    prompt_extractor: str = "text"
+    latent: LatentMode = "mode"
+    seed: int | None = None
+    tiles: TileConfig = field(default_factory=TileConfig)
+    format: str = "png"
+    quality: int = 95
+
+    def __post_init__(self) -> None:
+        upscale = self.upscale
+        _require(isinstance(upscale, int | float) and not isinstance(upscale, bool) and math.isfinite(upscale)
+                 and upscale >= 1, "upscale", f"must be a number >= 1, got {upscale!r}")
+        object.__setattr__(self, "upscale", float(upscale))
+        _require(self.align in ALIGN_METHODS, "align", f"must be one of {', '.join(ALIGN_METHODS)}, got {self.align!r}")
+        _require(isinstance(self.prompt, str), "prompt", f"must be text, got {type(self.prompt).__name__}")
+        _require(isinstance(self.prompt_extractor, str) and bool(self.prompt_extractor), "prompt_extractor",
+                 f"must be the name of a prompt extractor, got {self.prompt_extractor!r}")
+        _require(self.latent in LATENT_MODES, "latent",
+                 f"must be one of {', '.join(LATENT_MODES)}, got {self.latent!r}")
+        _require(self.seed is None or _is_int(self.seed), "seed", f"must be an integer, got {self.seed!r}")
+        _require(isinstance(self.tiles, TileConfig), "tiles", f"must be a TileConfig, got {self.tiles!r}")
+        fmt = FORMAT_ALIASES.get(str(self.format).lower(), str(self.format).lower())
+        _require(fmt in (*OUTPUT_FORMATS, KEEP_FORMAT), "format",
+                 f"must be one of {', '.join((*OUTPUT_FORMATS, 'jpg', KEEP_FORMAT))}, got {self.format!r}")
+        object.__setattr__(self, "format", fmt)
+        _require(_is_int(self.quality) and 1 <= self.quality <= 100, "quality",
+                 f"must be an integer 1-100, got {self.quality!r}")
+
+    def replace(self, **changes) -> UpscaleParams:
+        """A copy with ``changes``, checked like any new one."""
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def model_key(self) -> tuple:
+        """What images must share to go through the model in one call (their size aside)."""
+        return self.upscale, self.align, self.latent, self.seed, self.tiles
+
+
+def output_size(width: int, height: int, upscale: float) -> tuple[int, int]:
+    """The size of the result: round(s * side) per side, as the bicubic pre-upscale makes it."""
+    return max(1, round(width * upscale)), max(1, round(height * upscale))
