@@ -208,7 +208,7 @@ def test_missing_dape_weights_fail_clearly_unless_a_fallback_is_asked(cli, tmp_p
     err = capsys.readouterr().err
     assert err.startswith("error: DAPE prompts: ") and err.count("\n") == 1
     assert "ram_swin_large_14m.pth" in err and "DAPE.pth" in err and "--dape <DAPE.pth>" in err
-    assert err.rstrip().endswith("(or --prompt-fallback text to go on without them)")
+    assert err.rstrip().endswith("(or --prompt-fallback text to go on without the dape files)")
     code = cli(str(tmp_path / "a.png"), "-o", str(tmp_path / "o"), "--prompt-extractor", "dape", "--offline",
                "--prompt-fallback", "text", "--prompt", "grass", "--save-prompts")
     assert code == 0

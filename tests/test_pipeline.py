@@ -322,6 +322,13 @@ def test_from_pretrained_finds_every_file_before_loading(tiny_base_dir, tmp_path
     with pytest.raises(ModelNotFoundError) as info:
         OSEDiffPipeline.from_pretrained(tiny_base_dir, tmp_path / "osediff.pkl", device="cpu")
     assert "file not found; pass weights=" in str(info.value) and "--weights" not in str(info.value)
+    # every missing file in one error, raised from from_pretrained itself (no traceback from deep inside)
+    with pytest.raises(ModelNotFoundError) as info:
+        OSEDiffPipeline.from_pretrained(tmp_path / "no-sd21", tmp_path / "osediff.pkl", device="cpu")
+    message = str(info.value)
+    assert "no-sd21: folder not found" in message and "osediff.pkl: file not found" in message
+    assert message.endswith("pass base=<diffusers folder or hub id>, weights=<path to osediff.pkl>")
+    assert info.traceback[-1].name == "from_pretrained" and info.value.__cause__ is None
 
 
 def test_prompt_cache_is_safe_across_threads():

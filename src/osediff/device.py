@@ -22,8 +22,10 @@ class DtypeError(OSEDiffError, ValueError):
     """A dtype name osediff does not run in."""
 
 
-def pick_device(name: str | None = None) -> torch.device:
-    """``name`` if given, else CUDA, then Apple MPS, then CPU."""
+def pick_device(name: str | torch.device | None = None) -> torch.device:
+    """``name`` (a device or its name) if given, else CUDA, then Apple MPS, then CPU."""
+    if isinstance(name, torch.device):
+        return name
     if name and name != "auto":
         try:
             device = torch.device(name)

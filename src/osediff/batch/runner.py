@@ -137,7 +137,7 @@ def find_batch_files(config: BatchConfig) -> tuple[ModelFiles, UpscaleParams]:
         files = find_model_files(config.model, [] if optional else extractor, optional=optional)
     except ModelNotFoundError as err:
         if extractor and not optional:
-            err.instead = Option("prompt_fallback", "text")
+            err.instead = (Option("prompt_fallback", "text"), f"the {params.prompt_extractor} files")
         raise
     if params.prompt_extractor in files.unavailable:
         print(f"warning: prompt extractor {params.prompt_extractor!r} unavailable "

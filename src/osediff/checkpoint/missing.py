@@ -58,7 +58,7 @@ class ModelNotFoundError(OSEDiffError, RuntimeError):
     """
 
     def __init__(self, misses: str | MissingFile | Iterable[MissingFile], option: Option | None = None, *,
-                 subject: str | None = None, instead: Option | None = None) -> None:
+                 subject: str | None = None, instead: tuple[Option, str] | None = None) -> None:
         if isinstance(misses, str):
             misses = (MissingFile("", misses, option),)
         elif option is not None:
@@ -69,7 +69,7 @@ class ModelNotFoundError(OSEDiffError, RuntimeError):
         if not self.misses:
             raise ValueError("a ModelNotFoundError needs at least one missing file")
         self.subject = subject
-        self.instead = instead  # an option that lets the run go on without these files
+        self.instead = instead  # (an option, what it lets the run go on without)
         options = self.options
         super().__init__(self.reason, argument=options[0].argument if len(options) == 1 else None)
 
@@ -102,7 +102,8 @@ class ModelNotFoundError(OSEDiffError, RuntimeError):
             flags = all(name_of(option.argument) != option.argument for option in options)
             text += "; pass " + (" " if flags else ", ").join(o.render(name_of) for o in options)
         if self.instead is not None:
-            text += f" (or {self.instead.render(name_of)} to go on without them)"
+            option, without = self.instead
+            text += f" (or {option.render(name_of)} to go on without {without})"
         return text
 
     @classmethod
@@ -123,7 +124,7 @@ class ModelNotFoundError(OSEDiffError, RuntimeError):
 
 
 def _rebuild(cls: type[ModelNotFoundError], misses: tuple[MissingFile, ...], subject: str | None,
-             instead: Option | None = None):
+             instead: tuple[Option, str] | None = None):
     error = cls(misses, subject=subject)
     error.instead = instead
     return error

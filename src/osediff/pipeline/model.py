@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from ..acceleration import COMPILE_MODES, optimize_models
-from ..checkpoint.hub import DEFAULT_WEIGHTS
+from ..checkpoint.hub import DEFAULT_WEIGHTS, ModelNotFoundError
 from ..checkpoint.weights import OSEDiffWeights
 from ..components import BaseComponents, encode_text, load_base_components, load_text_encoder
 from ..device import pick_decoder_dtype, pick_device, pick_dtype
@@ -94,12 +94,15 @@ class OSEDiffPipeline:
         """
         from ..model_files import ModelOptions, find_model_files
 
-        device = pick_device(str(device) if device is not None else None)
+        device = pick_device(device)
         dtype = pick_dtype(dtype, device)
         given = weights if isinstance(weights, OSEDiffWeights) else None
         spec = None if given is not None or weights is None else str(weights)
-        files = find_model_files(ModelOptions(base=None if base is None else str(base), weights=spec,
-                                              offline=local_files_only), with_weights=spec is not None)
+        try:
+            files = find_model_files(ModelOptions(base=None if base is None else str(base), weights=spec,
+                                                  offline=local_files_only), with_weights=spec is not None)
+        except ModelNotFoundError as err:  # from here, not from deep inside the resolution
+            raise err.with_traceback(None) from None
         with quiet_loading():
             embeddings = {}
             if prompts is not None:

@@ -77,7 +77,7 @@ def create_caption_extractor(*, model: str | os.PathLike = DEFAULT_CAPTIONER, de
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     folder = resolve_captioner(model, local_files_only=local_files_only)
-    target = pick_device(str(device) if device is not None else None)
+    target = pick_device(device)
     torch_dtype = pick_dtype(dtype, target)
     try:
         processor = AutoProcessor.from_pretrained(folder, local_files_only=True)

@@ -120,7 +120,7 @@ def load_ram_extractor(*, ram_path: str | os.PathLike | None = None, dape_path: 
         raise CheckpointError(f"{weights}: {err}") from None
     # merge in float32 on the CPU before any cast, as the authors' eval() does
     model.merge_lora_()
-    target = pick_device(str(device) if device is not None else None)
+    target = pick_device(device)
     model = model.to(device=target, dtype=pick_dtype(dtype, target))
     return RAMPromptExtractor(model, vocabulary, batch_size=batch_size, bare=bare)
 
