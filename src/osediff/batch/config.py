@@ -61,7 +61,8 @@ def is_uri(spec: str | os.PathLike) -> bool:
 def validate(config: BatchConfig, *, remote_ok: bool = False, offered: Sequence[str] | None = None) -> None:
     """Check every option and input that can be checked without a model; raise :class:`BatchConfigError`.
 
-    Creates the output folder (it is needed anyway) to prove it can be written. ``remote_ok``
+    A local output folder is checked without being made (:func:`check_writable_folder`): the first
+    output written creates it, so a run that fails before then leaves nothing behind. ``remote_ok``
     accepts URIs (``s3://``...) for inputs and output and leaves the device to each replica: the
     Ray engine's case. ``offered``: the prompt extractors of models already loaded (else the
     registered ones are the choice).
@@ -89,14 +90,22 @@ def validate(config: BatchConfig, *, remote_ok: bool = False, offered: Sequence[
 
 
 def check_writable_folder(folder: Path) -> None:
+    """Refuse an output folder that could not be made or written, without making it: its nearest
+    existing folder (itself, or the parent its creation would start from) must take a new file."""
+    folder = Path(folder).expanduser()
+    nearest = folder
+    while not os.path.lexists(nearest) and nearest != nearest.parent:
+        nearest = nearest.parent
+    if not nearest.is_dir():
+        where = "" if nearest == folder else f"{nearest} "
+        raise BatchConfigError(f"{folder}: {where}exists and is not a folder", argument="output")
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder):
+        with tempfile.TemporaryFile(dir=nearest):  # a real write (read-only mounts, ACLs), gone when closed
             pass
-    except FileExistsError:
-        raise BatchConfigError(f"{folder}: exists and is not a folder", argument="output") from None
     except OSError as err:
-        raise BatchConfigError(f"{folder}: cannot write there ({err.strerror or err})", argument="output") from None
+        where = "" if nearest == folder else f"{nearest}: "
+        raise BatchConfigError(f"{folder}: cannot write there ({where}{err.strerror or err})",
+                               argument="output") from None
 
 
 def _check_options(config: BatchConfig, offered: Sequence[str] | None) -> None:

@@ -36,6 +36,8 @@ FORMAT_NAME = "osediff-lora"
 FORMAT_VERSION = 1
 # the .pkl key for ``extra``; the authors' loader reads its fixed keys and ignores this one
 EXTRA_KEY = "osediff_extra"
+# the extensions save() writes: ours, and the authors' torch.save format (.pt: the same)
+SAVE_SUFFIXES = (".safetensors", ".pkl", ".pt")
 
 
 class CheckpointError(OSEDiffError, ValueError):
@@ -147,12 +149,13 @@ class OSEDiffWeights:
         )
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Write atomically; the extension picks the format (``.safetensors`` or ``.pkl``/``.pt``).
+        """Write atomically; the extension picks the format (``.safetensors`` or ``.pkl``/``.pt``), any
+        other is refused (:func:`check_weights_suffix`).
 
         ``.pkl`` is the authors' format: ``lora_alpha`` is folded into the ``lora_B`` tensors and
         ``extra`` kept under :data:`EXTRA_KEY` (see the module's docstring).
         """
-        if Path(path).suffix == ".safetensors":
+        if check_weights_suffix(path) == ".safetensors":
             return atomic_write(path, self._save_safetensors)
         return atomic_write(path, lambda tmp: torch.save(self.to_official_dict(), tmp))
 
@@ -191,6 +194,18 @@ def _extra(stored: object, source: str) -> dict[str, str]:
     return dict(stored)
 
 
+def check_weights_suffix(path: str | os.PathLike, argument: str = "path") -> str:
+    """The format ``path``'s extension names (``.safetensors``, or ``.pkl``/``.pt`` for the authors'
+    format); a :class:`CheckpointError` naming ``argument`` for any other."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in SAVE_SUFFIXES:
+        raise CheckpointError(f"{path}: must end in .safetensors (ours) or .pkl (the authors' format), which "
+                              "picks the format", argument=argument)
+    return suffix
+
+
 def convert_weights(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
-    """Convert between ``osediff.pkl`` and ``.safetensors`` (direction from the extensions)."""
+    """Convert between ``osediff.pkl`` and ``.safetensors`` (direction from the extensions); ``dst``'s
+    extension is checked before ``src`` is read."""
+    check_weights_suffix(dst, argument="dst")
     return OSEDiffWeights.load(src).save(dst)

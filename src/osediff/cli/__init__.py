@@ -1,9 +1,11 @@
-"""``osediff`` command line: one module per sub-command, each with ``add_parser`` and ``run``.
+"""``osediff`` command line: one module per sub-command, each with ``add_command`` and ``run``.
 
 Sub-command modules keep heavy imports (torch, diffusers, ...) inside ``run`` so that
 ``osediff --help`` and argument errors stay instant. A user-facing failure
 (:class:`~osediff.errors.OSEDiffError`) is printed here, in one line; anything else is a bug and
-keeps its traceback.
+keeps its traceback. Every parser is a :class:`~osediff.cli.parsing.Parser` (no abbreviations,
+suggestions for typos), and a command whose optional extra is missing says which to install before it
+starts (:func:`~osediff.cli.extras.check_extras`).
 """
 
 from __future__ import annotations
@@ -18,9 +20,11 @@ import warnings
 from .. import __version__
 from ..errors import OSEDiffError
 from ..quiet import quiet_libraries
+from .extras import check_extras
 from .flags import flag_for
+from .parsing import Parser
 
-# sub-command name -> module; each module defines add_parser(subparsers) and run(args) -> int
+# sub-command name -> module; each module defines add_command(subparsers) and run(args) -> int
 COMMANDS: dict[str, str] = {
     "upscale": "osediff.cli.upscale",
     "convert": "osediff.cli.convert",
@@ -57,13 +61,13 @@ def _tidy(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="osediff", description="One-step diffusion super-resolution (OSEDiff).")
+    parser = Parser(prog="osediff", description="One-step diffusion super-resolution (OSEDiff).", allow_abbrev=False)
     parser.add_argument("--version", action="version", version=f"osediff {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks for every error")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module_name in COMMANDS.values():
         module = importlib.import_module(module_name)
-        module.add_parser(subparsers)
+        module.add_command(subparsers)
     for sub in subparsers.choices.values():
         # accepted after the command too; SUPPRESS keeps a --debug given before it
         sub.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
@@ -82,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     warnings.showwarning = _one_line_warning
     quiet_libraries()
     try:
+        check_extras(args)
         return int(args.run(args) or 0)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

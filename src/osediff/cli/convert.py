@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
+def add_command(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("convert", help="convert OSEDiff weights between .pkl and .safetensors",
-                                   description="Convert OSEDiff weights; the output extension picks the format.")
-    parser.add_argument("src", help="osediff.pkl or .safetensors file")
-    parser.add_argument("dst", help="output path ending in .safetensors or .pkl")
+                                   description="Convert OSEDiff weights; the output extension picks the format.",
+                                   allow_abbrev=False)
+    parser.add_argument("src", metavar="SRC", help="osediff.pkl or .safetensors file")
+    parser.add_argument("dst", metavar="DST",
+                        help="output path ending in .safetensors (ours) or .pkl (the authors' format)")
     parser.set_defaults(run=run)
 
 

@@ -17,11 +17,12 @@ from ..limits import DEMO_LIMITS
 from .options import add_limit_options, add_model_options, limits_from_args, model_options_from_args
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
+def add_command(subparsers: argparse._SubParsersAction) -> None:
     from ..prompts import available_prompt_extractors  # light: registers names without importing torch
 
     p = subparsers.add_parser("demo", help="serve the web demo (needs the 'demo' extra: gradio)",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                              allow_abbrev=False)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 for every interface)")
     p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
     p.add_argument("--share", action="store_true", help="also open a public gradio.live link")
@@ -32,7 +33,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--queue-size", type=int, default=16, help="requests that may wait before new ones are refused")
     p.add_argument("--prompt-extractor", default="text", choices=available_prompt_extractors(),
                    help="extractor selected on the page at first; its model may be downloaded at start-up, the "
-                        "others are offered only if their files are in the local cache")
+                        "others are offered only if their files are in the local cache. text (the prompt box "
+                        "alone) needs no model, so the demo starts without extra downloads; --prompt-extractor "
+                        "dape starts on the paper's prompts (downloads RAM + DAPE once; needs the 'dape' extra)")
     add_limit_options(p, DEMO_LIMITS)
     add_model_options(p)
     p.set_defaults(run=run)
@@ -41,11 +44,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     # no usage pings from a tool that may run on private machines; set before gradio is imported
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-    try:
-        import gradio  # noqa: F401
-    except ImportError:
-        print("error: the demo needs gradio: pip install 'osediff[demo]'", file=sys.stderr)
-        return 2
+    _check_options(args)  # gradio itself: the CLI's check_extras (the demo extra), before this runs
     from ..demo.examples import default_examples_dir
     from ..demo.page import build_demo, launch_demo
     from ..demo.service import DemoSettings, UpscaleService
@@ -78,7 +77,28 @@ def run(args: argparse.Namespace) -> int:
         demo = build_demo(None, examples, service=service, defaults=defaults)
         print(f"model on {upscaler.device} ({upscaler.pipe.dtype}); examples: {examples or 'none'}", flush=True)
         launch_demo(demo, host=args.host, port=args.port, share=args.share, concurrency=args.concurrency,
-                    queue_size=args.queue_size, max_file_size=limits.max_bytes)
+                    queue_size=args.queue_size, max_file_size=limits.max_bytes,
+                    announce=lambda url, public: _announce(url, public, asked=args.share))
     finally:
         service.close()
     return 0
+
+
+def _check_options(args: argparse.Namespace) -> None:
+    from ..errors import OptionError
+
+    if not 1 <= args.port <= 65535:
+        raise OptionError(f"must be 1-65535, got {args.port}", argument="port")
+    for argument, value in (("concurrency", args.concurrency), ("queue_size", args.queue_size)):
+        if value < 1:
+            raise OptionError(f"must be at least 1, got {value}", argument=argument)
+
+
+def _announce(url: str, public: str | None, *, asked: bool) -> None:
+    """Where the page is, and how to share it: gradio's own line would say to set share=True in launch()."""
+    if public:
+        print(f"demo on {url} and {public} (public link); Ctrl-C stops it", flush=True)
+    elif asked:
+        print(f"demo on {url}; no public link could be made (see above); Ctrl-C stops it", flush=True)
+    else:
+        print(f"demo on {url}; Ctrl-C stops it (--share also makes a public gradio.live link)", flush=True)

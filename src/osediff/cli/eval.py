@@ -19,15 +19,19 @@ import shlex
 import sys
 from pathlib import Path
 
+from .extras import check_extras
 from .flags import flag_for
-from .options import add_model_options
+from .options import add_model_options, names_from_args
+from .parsing import Parser
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
+def add_command(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("eval", help="compute the paper's metrics on result folders", description=__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+                              formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
     p.add_argument("--sr", nargs="+", type=Path, default=[], metavar="DIR", help="result folder(s), one per method")
-    p.add_argument("--names", default=None, help="comma-separated method names for --sr (default: folder names)")
+    p.add_argument("--names", nargs="+", default=None, metavar="NAME",
+                   help="method names for --sr, one per folder (default: folder names; one comma-separated "
+                        "value is read as a list too)")
     p.add_argument("--gt", type=Path, default=None, metavar="DIR",
                    help="ground-truth folder (needed by PSNR, SSIM, LPIPS, DISTS, FID)")
     p.add_argument("--metrics", default="paper",
@@ -98,7 +102,7 @@ def _methods(args: argparse.Namespace) -> dict[str, Path]:
     """Method name -> folder; names default to folder names, made unique with the parent's name."""
     from ..evaluation import EvalInputError
 
-    names = [n.strip() for n in args.names.split(",")] if args.names else []
+    names = names_from_args(args.names) or []
     if names and len(names) != len(args.sr):
         raise EvalInputError(f"gives {len(names)} names for {len(args.sr)} --sr folders", argument="names")
     if not names:
@@ -118,13 +122,14 @@ def _upscale(args: argparse.Namespace) -> Path | int:
     if sr_out is None:
         return _fail("--lr needs --sr-out DIR or --out DIR for the upscaled images")
     # the upscale command's own parser for --upscale-args, so its defaults and checks apply unchanged
-    parser = argparse.ArgumentParser(prog="osediff eval --upscale-args")
-    upscale.add_parser(parser.add_subparsers())
+    parser = Parser(prog="osediff eval --upscale-args", allow_abbrev=False)
+    upscale.add_command(parser.add_subparsers(dest="command"))
     try:
         upscale_args = parser.parse_args(["upscale", str(args.lr), "-o", str(sr_out), "--preset", args.preset,
                                           *shlex.split(args.upscale_args)])
     except SystemExit as exit_:
         return int(exit_.code or 2)
+    check_extras(upscale_args)  # e.g. --prompt-extractor dape without the dape extra
     config = upscale.config_from_args(upscale_args)
     model = config.model  # frozen: eval's own model flags make a changed copy
     config.model = dataclasses.replace(model, base=args.base or model.base, weights=args.weights or model.weights,

@@ -55,7 +55,16 @@ FLAGS: dict[str, str] = {
     "max_output_pixels": "--max-output-pixels",
     "max_upscale": "--max-upscale",
     "examples": "--examples",
+    # the demo's server (osediff demo) and the comparison figure (osediff compare)
+    "port": "--port",
+    "concurrency": "--concurrency",
+    "queue_size": "--queue-size",
+    "panel_width": "--panel-width",
+    "limit": "--limit",
     "autoscale": "--autoscale",
+    # the weights files of osediff convert (osediff.checkpoint.convert_weights)
+    "src": "SRC",
+    "dst": "DST",
     # evaluation, figures and training
     "gt": "--gt",
     "names": "--names",

@@ -56,3 +56,11 @@ def model_options_from_args(args: argparse.Namespace) -> ModelOptions:
     if hasattr(args, "no_merge"):
         given["merge_lora"] = not args.no_merge
     return ModelOptions(**given)
+
+
+def names_from_args(values: list[str] | None) -> list[str] | None:
+    """``--names``: separate words, one per folder; a single comma-separated word is read as a list
+    (how ``osediff eval --names`` took them before)."""
+    if values is not None and len(values) == 1 and "," in values[0]:
+        return [name.strip() for name in values[0].split(",")]
+    return values

@@ -18,18 +18,21 @@ from ..limits import SERVE_LIMITS, RequestLimits
 from .options import add_limit_options, add_model_options, limits_from_args, model_options_from_args
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
+def add_command(subparsers: argparse._SubParsersAction) -> None:
     from ..prompts import available_prompt_extractors
 
     p = subparsers.add_parser("serve", help="serve the HTTP API on Ray Serve (needs the 'serve' extra)",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                              allow_abbrev=False)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; 0.0.0.0 for all)")
     p.add_argument("--port", type=int, default=8000, help="HTTP port (default 8000)")
     p.add_argument("--api-key-env", metavar="VAR", default=None,
                    help="require the API key held in environment variable VAR (Authorization: Bearer KEY)")
     p.add_argument("--prompt-extractor", action="append", choices=available_prompt_extractors(), default=None,
                    help="extractor to load at start-up (repeatable; the first is the default for requests; "
-                        "text and none are always available; default: text)")
+                        "text and none are always available; default: text, so that the service starts without "
+                        "extra downloads; add --prompt-extractor dape to offer the paper's prompts, which "
+                        "downloads RAM + DAPE once and needs the 'dape' extra)")
     p.add_argument("--dape", default=None, help="DAPE.pth path or hf:// / URL spec (for dape)")
     p.add_argument("--ram", default=None, help="ram_swin_large_14m.pth path or hf:// / URL spec (dape, ram)")
     p.add_argument("--ram-tags", default=None, help="RAM tag list (folder or ram_tag_list.txt)")
@@ -132,11 +135,9 @@ def run(args: argparse.Namespace) -> int:
     if problem:
         return _fail(problem)
     limits = limits_from_args(args)
-    try:
-        import ray
-        from ray import serve
-    except ImportError:
-        return _fail("osediff serve needs Ray Serve: pip install 'osediff[serve]'")
+    import ray  # the serve extra: the CLI's check_extras has said how to install it if missing
+    from ray import serve
+
     from ..device import pick_device
     from ..serve.app import Scaling, build_app, parse_autoscale
 

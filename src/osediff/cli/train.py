@@ -8,11 +8,12 @@ from ..errors import OSEDiffError
 from .flags import flag_for
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
+def add_command(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "train", help="train OSEDiff (LoRA generator + VSD regulariser) from a YAML config",
         description="Train OSEDiff. One GPU: `osediff train --config train.yaml`; several GPUs or nodes: "
-                    "`accelerate launch -m osediff train --config train.yaml`.")
+                    "`accelerate launch -m osediff train --config train.yaml`. Needs the 'train' extra.",
+        allow_abbrev=False)
     parser.add_argument("--config", required=True, help="training YAML (see configs/train_osediff.yaml)")
     parser.add_argument("--resume", metavar="latest|PATH",
                         help="continue from the newest checkpoint of the output folder, or from PATH")

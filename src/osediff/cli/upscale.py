@@ -16,15 +16,15 @@ from pathlib import Path
 
 from ..batch.config import BatchConfig
 from ..images import DEFAULT_MAX_PIXELS
-from ..params import ALIGN_METHODS, LATENT_MODES, OUTPUT_FORMATS, VAE_MAPS, TileConfig, UpscaleParams
+from ..params import ALIGN_METHODS, LATENT_MODES, OUTPUT_FORMATS, VAE_MAPS, ParamError, TileConfig, UpscaleParams
 from ..prompts import available_prompt_extractors
 from .options import add_model_options, model_options_from_args
 
 TILES = TileConfig()  # the flags' defaults
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("upscale", help="super-resolve images", description=__doc__)
+def add_command(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("upscale", help="super-resolve images", description=__doc__, allow_abbrev=False)
     p.add_argument("inputs", nargs="+", metavar="INPUT",
                    help="image files, folders or glob patterns (with --engine ray also s3://, gs://, file:// URIs)")
     p.add_argument("-o", "--output", required=True, help="output folder (with --engine ray also a URI)")
@@ -32,8 +32,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="upscale factor, any value >= 1 (default: the preset's, 4 for osediff)")
     p.add_argument("--prompt", default="", help="text prompt (added after extracted tags)")
     p.add_argument("--prompt-extractor", default="dape", choices=available_prompt_extractors(),
-                   help="dape: the paper's degradation-aware RAM tags; ram; caption; text: --prompt only; "
-                        "none: empty prompt")
+                   help="how each image's prompt is made. dape: the paper's degradation-aware RAM tags, the "
+                        "prompts its published results were made with (hence the choice here; needs the 'dape' "
+                        "extra); the RAM + DAPE weights are downloaded once, then read from the cache (with "
+                        "--offline they must be cached). ram: plain RAM tags; caption: an image-to-text model; "
+                        "text: --prompt only, no download; none: an empty prompt")
     p.add_argument("--prompt-fallback", choices=("none", "text"), default=None,
                    help="extractor to use if the chosen one's weights are unavailable (default: fail)")
     p.add_argument("--dape", default=None, help="DAPE.pth path or hf:// / URL spec")
@@ -55,8 +58,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     tiles.add_argument("--no-tiling", action="store_true", help="never tile (needs memory for the whole image)")
     tiles.add_argument("--latent-tile", type=int, default=TILES.latent_tile,
                        help="UNet tile in latent pixels (x8 in pixels)")
-    tiles.add_argument("--latent-overlap", type=int, default=TILES.latent_overlap,
-                       help="UNet tile overlap in latent pixels")
+    tiles.add_argument("--latent-overlap", type=int, default=None,
+                       help=f"UNet tile overlap in latent pixels (default: {TILES.latent_overlap})")
     tiles.add_argument("--vae-encoder-tile", type=int, default=TILES.vae_encoder_tile,
                        help="VAE encoder tile in pixels")
     tiles.add_argument("--vae-decoder-tile", type=int, default=TILES.vae_decoder_tile,
@@ -98,7 +101,11 @@ def config_from_args(args: argparse.Namespace) -> BatchConfig:
     """The batch job the flags describe; this process's share under accelerate/torchrun."""
     from ..presets import get_preset
 
-    tiles = TileConfig(enabled=not args.no_tiling, latent_tile=args.latent_tile, latent_overlap=args.latent_overlap,
+    overlap = TILES.latent_overlap if args.latent_overlap is None else args.latent_overlap
+    if args.latent_overlap is None and 1 <= args.latent_tile <= overlap:  # the tile is the flag that was given
+        raise ParamError(f"must be above the --latent-overlap of {overlap} (or pass a smaller --latent-overlap), "
+                         f"got {args.latent_tile}", argument="tiles.latent_tile")
+    tiles = TileConfig(enabled=not args.no_tiling, latent_tile=args.latent_tile, latent_overlap=overlap,
                        vae_encoder_tile=args.vae_encoder_tile, vae_decoder_tile=args.vae_decoder_tile,
                        tiles_per_pass=args.tile_batch, vae_maps=args.vae_maps)
     model = model_options_from_args(args)

@@ -222,11 +222,24 @@ class DemoHandlers:
 
 def launch_demo(demo: gr.Blocks, *, host: str = "127.0.0.1", port: int | None = None, share: bool = False,
                 concurrency: int = 1, queue_size: int = 16, max_file_size: int | None = None,
-                block: bool = True) -> Any:
-    """Queue with bounded concurrency and serve; ``block=False`` returns once the server is up."""
+                block: bool = True, announce: Callable[[str, str | None], None] | None = None) -> Any:
+    """Queue with bounded concurrency and serve; ``block=False`` returns once the server is up.
+
+    gradio's own start-up lines are left out (they say to set ``share=True`` in ``launch()``, which
+    someone running a front end cannot do): once the server is up, ``announce(local_url, share_url)``
+    says where the page is (by default one printed line; the CLI's names its ``--share`` flag).
+    """
     demo.queue(default_concurrency_limit=max(1, concurrency), max_size=queue_size)
     kwargs: dict[str, Any] = {"server_name": host, "server_port": port, "share": share, "show_error": True,
-                              "max_file_size": max_file_size, "prevent_thread_lock": not block, "quiet": False}
+                              "max_file_size": max_file_size, "prevent_thread_lock": True, "quiet": True}
     kwargs.update(_style_kwargs(demo.launch))
     params = inspect.signature(demo.launch).parameters
-    return demo.launch(**{k: v for k, v in kwargs.items() if k in params})
+    launched = demo.launch(**{k: v for k, v in kwargs.items() if k in params})
+    (announce or _announce)(demo.local_url, demo.share_url)
+    if block:
+        demo.block_thread()  # until Ctrl-C (or a SystemExit from a signal handler)
+    return launched
+
+
+def _announce(local_url: str, share_url: str | None) -> None:
+    print(f"running on {local_url}" + (f" and {share_url}" if share_url else ""), flush=True)
