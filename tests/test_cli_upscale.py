@@ -29,7 +29,7 @@ def cli(tiny_base_dir, tiny_pkl):
 def test_console_script_on_a_realsr_image(realsr_lr, tiny_base_dir, tiny_pkl, tmp_path):
     # one image: the subprocess is here for the installed entry point; batches of many images are
     # covered in-process below (each 128->512 image costs several seconds even with the tiny model)
-    names = sorted(os.listdir(realsr_lr))[:1]
+    names = [path.name for path in sorted(realsr_lr.glob("*.png"))[:1]]
     out = tmp_path / "out"
     exe = shutil.which("osediff", path=os.path.dirname(sys.executable))
     proc = subprocess.run(

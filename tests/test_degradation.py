@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+from conftest import REALSR_SHIPPED, REALSR_SHIPPED_STEMS
 from osediff.degradation import DegradationConfig, RealESRGANDegradation, ops, realesrgan
 from osediff.degradation import kernels as K
 
-HR_DIR = Path(__file__).resolve().parents[1] / ".." / "shared" / "benchmarks" / "realsr" / "hr"
+HR_DIR = REALSR_SHIPPED / "hr"  # two RealSR ground truths, 512x512 (tests/data/README.md)
 
 KERNELS = ["iso", "aniso", "generalized_iso", "generalized_aniso", "plateau_iso", "plateau_aniso"]
 # the authors' dataloaders/params_realesrgan.yml, as YAML would load it
@@ -37,17 +37,15 @@ AUTHORS_YML = {
 }
 
 
-def _hr_crop(name: str = "Canon_001_LR4.png", size: int = 128, top: int = 100, left: int = 100) -> torch.Tensor:
-    path = HR_DIR / name
-    if not path.exists():
-        pytest.skip(f"benchmark image {path} not available")
-    arr = np.array(Image.open(path).convert("RGB"))[top:top + size, left:left + size]
+def _hr_crop(stem: str = "Canon_001_LR4", size: int = 128, top: int = 100, left: int = 100) -> torch.Tensor:
+    arr = np.array(Image.open(HR_DIR / f"{stem}.webp").convert("RGB"))[top:top + size, left:left + size]
     return torch.from_numpy(arr).permute(2, 0, 1)[None].float() / 255.0
 
 
 def _hr_batch(n: int = 3, size: int = 128) -> torch.Tensor:
-    names = ["Canon_001_LR4.png", "Canon_002_LR4.png", "Canon_003_LR4.png", "Canon_004_LR4.png"]
-    return torch.cat([_hr_crop(names[i % len(names)], size) for i in range(n)])
+    """``n`` different crops: the shipped images in turn, each next crop of an image further down it."""
+    stems = REALSR_SHIPPED_STEMS
+    return torch.cat([_hr_crop(stems[i % len(stems)], size, top=100 + 150 * (i // len(stems))) for i in range(n)])
 
 
 def _laplacian_energy(x: torch.Tensor) -> float:

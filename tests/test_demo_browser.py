@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from conftest import REALSR
+from conftest import EXAMPLES
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-quic",
@@ -50,14 +50,9 @@ def _wait_until_serving(url: str, proc: subprocess.Popen, log: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def lr_image(tmp_path_factory) -> Path:
-    """A RealSR LR image (128x128) when the shared data is present, else a synthetic one of the same size."""
-    candidates = sorted((REALSR / "lr").glob("*.png")) if (REALSR / "lr").is_dir() else []
-    if candidates:
-        return candidates[0]
-    path = tmp_path_factory.mktemp("lr") / "synthetic.png"
-    Image.radial_gradient("L").resize((128, 128)).convert("RGB").save(path)
-    return path
+def lr_image() -> Path:
+    """A RealSR LR image (128x128) the repository ships in examples/."""
+    return EXAMPLES / "Canon_004_LR4.png"
 
 
 @pytest.fixture(scope="module")
@@ -65,14 +60,14 @@ def demo_url(tiny_base_dir, tiny_pkl, tmp_path_factory):
     pytest.importorskip("gradio", reason="gradio is not installed (pip install 'osediff[demo]')")
     work = tmp_path_factory.mktemp("demo")
     port = _free_port()
-    examples = ["--examples", str(REALSR / "lr")] if (REALSR / "lr").is_dir() else ["--no-examples"]
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "GRADIO_TEMP_DIR": str(work / "gradio"),
            "OMP_NUM_THREADS": "1"}  # one thread, as the suite runs torch (see conftest.py)
     log = work / "server.log"
     with log.open("w") as sink:
         proc = subprocess.Popen(
             [sys.executable, "-m", "osediff", "demo", "--host", "127.0.0.1", "--port", str(port), "--base",
-             str(tiny_base_dir), "--weights", str(tiny_pkl), "--device", "cpu", "--dtype", "fp32", *examples],
+             str(tiny_base_dir), "--weights", str(tiny_pkl), "--device", "cpu", "--dtype", "fp32",
+             "--examples", str(EXAMPLES)],
             stdout=sink, stderr=subprocess.STDOUT, env=env,
         )
     url = f"http://127.0.0.1:{port}/"
@@ -159,7 +154,7 @@ def test_too_many_pixels_is_refused_with_a_clear_message(browser_page, demo_url,
     page.close()
 
 
-@pytest.mark.parametrize("path", ["/etc/passwd", str(REALSR / "lr" / "Canon_001_LR4.png"), "/tmp/../etc/hostname"])
+@pytest.mark.parametrize("path", ["/etc/passwd", str(EXAMPLES / "Canon_004_LR4.png"), "/tmp/../etc/hostname"])
 def test_server_refuses_file_paths_sent_by_a_client(demo_url, path):
     """A hand-made API request naming a server file (not an upload) must not be read."""
     body = {"data": [{"path": path, "meta": {"_type": "gradio.FileData"}}, 4, "", "text", "adain", 768]}

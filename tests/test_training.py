@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import REALSR
+from conftest import REALSR_SHIPPED
 from osediff.losses import diffusion_loss, vsd_loss
 from osediff.training.config import ConfigError, TrainConfig
 from osediff.training.loop import Trainer
@@ -95,12 +95,12 @@ def test_regulariser_loss_is_the_epsilon_mse(vsd_setup):
 
 # -- real training steps --------------------------------------------------------------------------
 
+HR = REALSR_SHIPPED / "hr"  # two RealSR ground truths, 512x512 (tests/data/README.md)
+
+
 def _config(out, **run) -> TrainConfig:
-    hr = REALSR / "hr"
-    if not hr.is_dir():
-        pytest.skip(f"RealSR HR images not found at {hr}")
     return TrainConfig.from_dict({
-        "data": {"sources": [str(hr)], "crop_size": 96, "num_workers": 0},
+        "data": {"sources": [str(HR)], "crop_size": 96, "num_workers": 0},
         "prompts": {"source": "none"},
         "model": {"gradient_checkpointing": False},
         "loss": {"lpips_pretrained": False},
@@ -180,7 +180,7 @@ def test_exported_weights_load_in_the_pipeline_and_change_its_output(trained, ti
     assert weights.rank_unet == 4 and weights.rank_vae == 4
     assert "conv_in.base_layer.weight" in weights.unet_state and weights.vae_state
 
-    image = Image.open(REALSR / "hr" / "Canon_001_LR4.png").convert("RGB").crop((0, 0, 16, 16))
+    image = Image.open(HR / "Canon_001_LR4.webp").convert("RGB").crop((0, 0, 16, 16))
     outputs = {}
     for key, spec in (("pkl", pkl), ("safetensors", safetensors), ("none", None)):
         pipe = OSEDiffPipeline.from_pretrained(tiny_base_dir, spec, device="cpu", dtype="fp32")
@@ -225,7 +225,7 @@ def test_cli_export_only_and_bad_resume(trained, tiny_base_dir, tmp_path, capsys
 
     out, trainer, _ = trained
     config = tmp_path / "train.yaml"
-    config.write_text(f"data: {{sources: ['{REALSR / 'hr'}'], crop_size: 96}}\nprompts: {{source: none}}\n"
+    config.write_text(f"data: {{sources: ['{HR}'], crop_size: 96}}\nprompts: {{source: none}}\n"
                       f"model: {{base: '{tiny_base_dir}'}}\nloss: {{lpips_pretrained: false}}\n"
                       f"run: {{output_dir: '{out}', mixed_precision: 'no', device: cpu}}\n")
     assert main(["train", "--config", str(config), "--resume", str(tmp_path / "nowhere")]) == 2
@@ -261,7 +261,7 @@ def test_two_process_ddp_run_through_torchrun(tiny_base_dir, tmp_path):
     import sys
 
     config = tmp_path / "train.yaml"
-    config.write_text(f"data: {{sources: ['{REALSR / 'hr'}'], crop_size: 64, num_workers: 0}}\n"
+    config.write_text(f"data: {{sources: ['{HR}'], crop_size: 64, num_workers: 0}}\n"
                       f"prompts: {{source: none}}\nmodel: {{base: '{tiny_base_dir}', gradient_checkpointing: true}}\n"
                       "loss: {lpips_pretrained: false}\n"
                       f"run: {{output_dir: '{tmp_path / 'run'}', batch_size: 1, gradient_accumulation: 2, "

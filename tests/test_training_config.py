@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import REALSR, REPO_ROOT
+from conftest import REALSR_SHIPPED, REPO_ROOT
 from osediff.cli import main
 from osediff.cli.flags import flag_for
 from osediff.training.config import ConfigError, TrainConfig
@@ -212,9 +212,7 @@ def test_ablation_switches_run_and_train_the_chosen_parts(options, vae_lora, ext
     from osediff.training.data import collate
     from osediff.training.loop import Trainer
 
-    if not (REALSR / "hr").is_dir():
-        pytest.skip("RealSR HR images not found")
-    raw = {"data": {"sources": [str(REALSR / "hr")], "crop_size": 64, "num_workers": 0},
+    raw = {"data": {"sources": [str(REALSR_SHIPPED / "hr")], "crop_size": 64, "num_workers": 0},
            "prompts": {"source": "none"}, "loss": {"lpips_pretrained": False, **options["loss"]},
            "model": {"gradient_checkpointing": False, **options["model"]},
            "run": {"output_dir": str(tmp_path), "batch_size": 1, "gradient_accumulation": 1,
