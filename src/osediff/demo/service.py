@@ -116,8 +116,8 @@ class UpscaleService:
             raise DemoInputError(f"prompt extractor {err.name!r} could not be loaded on this server "
                                  f"({err.reason})") from None
         png = self._write_png(result.image, output_name(safe_stem(name), "png"))
-        timings = {"extract": result.timings.get("extract", 0.0), **result.timings}
-        return DemoResult(result.bicubic, result.image, result.prompt, png, timings, time.perf_counter() - started)
+        return DemoResult(result.bicubic, result.image, result.prompt, png, result.timings,
+                          time.perf_counter() - started)
 
     def _check_extractor(self, name: str) -> None:
         choices = ", ".join(self.extractor_names)

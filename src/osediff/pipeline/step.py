@@ -167,8 +167,8 @@ class Upscaler:
             except Exception as err:  # handed to each image of the group; the caller decides what is fatal
                 outputs = [err] * len(group)
             for index, output in zip(group, outputs, strict=True):
-                if isinstance(output, SRResult):
-                    output.timings["extract"] = extract_s[index]
+                if isinstance(output, SRResult):  # stages in the order they ran
+                    output.timings = {"extract": extract_s[index], **output.timings}
                 yield index, output
 
     def _extract(self, requests: Sequence[Request], upscaled: list[Image.Image]
