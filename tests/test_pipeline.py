@@ -360,3 +360,24 @@ def test_prompt_cache_is_safe_across_threads():
         thread.join()
     assert not errors and all(float(results[i][0, 0, 0]) == len(p) for i, p in enumerate(prompts))
     assert sorted(encoded) == ["a", "bb", "ccc"]  # each new prompt encoded once, however many threads ask
+
+
+def test_the_python_api_takes_what_diffusers_users_pass_and_refuses_the_rest(fresh_components, tmp_path):
+    from osediff.images import ImageLoadError
+
+    pipe = OSEDiffPipeline(fresh_components)
+    image = lq_image(12, 8, seed=4)
+    image.save(tmp_path / "photo.png")
+    array = np.array(image)
+    expected = np.asarray(pipe(image, upscale=2))
+    for given in (str(tmp_path / "photo.png"), tmp_path / "photo.png", array,
+                  torch.from_numpy(array).permute(2, 0, 1).float() / 255, torch.from_numpy(array).permute(2, 0, 1)):
+        assert np.array_equal(np.asarray(pipe(given, upscale=2)), expected), type(given)
+    grey = pipe(array[..., 0], upscale=2)
+    assert grey.mode == "RGB" and grey.size == (24, 16)
+    for bad, problem in ((42, "is a int; give a PIL image, a path"), (np.zeros((4, 4, 2), np.uint8), "has shape"),
+                         (np.zeros((4, 4, 3), np.int64), "has dtype int64")):
+        with pytest.raises(ImageLoadError, match=problem):
+            pipe(bad)
+    with pytest.raises(ImageLoadError, match=r"missing\.png: no such file"):
+        pipe(str(tmp_path / "missing.png"))
