@@ -287,11 +287,12 @@ def test_every_route_checks_the_header_before_decoding(served_demo, monkeypatch)
     bomb = png_declaring(13000, 13000)
     assert len(bomb) < 1000
     data_url = "data:image/png;base64," + base64.b64encode(bomb).decode()
-    stream = _call_api(url, [{"url": data_url, "meta": {"_type": "gradio.FileData"}}, 4, "", "text", "adain", 768])
+    settings = [4, "", "text", "adain", 768, 1.0, 1.0, ""]  # factor, prompt, extractor, align, tile, S, W, negative
+    stream = _call_api(url, [{"url": data_url, "meta": {"_type": "gradio.FileData"}}, *settings])
     assert "event: error" in stream and "13000x13000" in stream and "1,048,576 pixels" in stream
     assert (13000, 13000) not in decoded  # refused from the header: nothing was decoded
     for junk in ("data:image/png;base64,aGVsbG8gd29ybGQ=", "data:image/png;base64,%%%not base64%%%"):
-        stream = _call_api(url, [{"url": junk, "meta": {"_type": "gradio.FileData"}}, 4, "", "text", "adain", 768])
+        stream = _call_api(url, [{"url": junk, "meta": {"_type": "gradio.FileData"}}, *settings])
         assert "event: error" in stream and "not an image file" in stream
 
 

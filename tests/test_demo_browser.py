@@ -157,7 +157,7 @@ def test_too_many_pixels_is_refused_with_a_clear_message(browser_page, demo_url,
 @pytest.mark.parametrize("path", ["/etc/passwd", str(EXAMPLES / "Canon_004_LR4.png"), "/tmp/../etc/hostname"])
 def test_server_refuses_file_paths_sent_by_a_client(demo_url, path):
     """A hand-made API request naming a server file (not an upload) must not be read."""
-    body = {"data": [{"path": path, "meta": {"_type": "gradio.FileData"}}, 4, "", "text", "adain", 768]}
+    body = {"data": [{"path": path, "meta": {"_type": "gradio.FileData"}}, 4, "", "text", "adain", 768, 1.0, 1.0, ""]}
     request = urllib.request.Request(f"{demo_url}gradio_api/call/upscale", data=json.dumps(body).encode(),
                                      headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=10) as response:

@@ -27,6 +27,7 @@ VAE_MAPS: tuple[str, ...] = get_args(VaeMaps)
 OUTPUT_FORMATS: dict[str, str] = {"png": ".png", "jpeg": ".jpg", "webp": ".webp", "tiff": ".tiff"}
 FORMAT_ALIASES = {"jpg": "jpeg", "tif": "tiff"}
 KEEP_FORMAT = "same"
+MAX_GUIDANCE = 20.0  # far past where any prompt still helps; a typo like 75 is refused
 
 
 class ParamError(OptionError):
@@ -40,6 +41,10 @@ def _require(ok: bool, argument: str, problem: str) -> None:
 
 def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 @dataclass(frozen=True)
@@ -91,6 +96,11 @@ class UpscaleParams:
     ``ram``/``caption`` put it after what they see) turns into the UNet's prompt; ``latent`` the
     encoder's latent mean (``mode``, deterministic) or a sample drawn with ``seed``; ``format`` and
     ``quality`` how the result is encoded (``same``: an input file's own format).
+
+    Fidelity against realism, with no other weights: ``strength`` S moves the decoded latent from
+    the encoded input (S = 0, the most faithful) to the model's (S = 1, the paper's output),
+    z = z_L + S (z_H - z_L); ``guidance`` W weighs the prompt against ``negative_prompt``,
+    eps = eps(negative) + W (eps(prompt) - eps(negative)) (W = 1: the prompt alone, one UNet pass).
     """
 
     upscale: float = 4.0
@@ -102,6 +112,9 @@ class UpscaleParams:
     tiles: TileConfig = field(default_factory=TileConfig)
     format: str = "png"
     quality: int = 95
+    strength: float = 1.0
+    guidance: float = 1.0
+    negative_prompt: str = ""
 
     def __post_init__(self) -> None:
         upscale = self.upscale
@@ -122,6 +135,14 @@ class UpscaleParams:
         object.__setattr__(self, "format", fmt)
         _require(_is_int(self.quality) and 1 <= self.quality <= 100, "quality",
                  f"must be an integer 1-100, got {self.quality!r}")
+        _require(_is_number(self.strength) and 0 <= self.strength <= 1, "strength",
+                 f"must be a number from 0 to 1, got {self.strength!r}")
+        _require(_is_number(self.guidance) and 0 <= self.guidance <= MAX_GUIDANCE, "guidance",
+                 f"must be a number from 0 to {MAX_GUIDANCE:g}, got {self.guidance!r}")
+        object.__setattr__(self, "strength", float(self.strength))
+        object.__setattr__(self, "guidance", float(self.guidance))
+        _require(isinstance(self.negative_prompt, str), "negative_prompt",
+                 f"must be text, got {type(self.negative_prompt).__name__}")
 
     def replace(self, **changes) -> UpscaleParams:
         """A copy with ``changes``, checked like any new one."""
@@ -130,7 +151,8 @@ class UpscaleParams:
     @property
     def model_key(self) -> tuple:
         """What images must share to go through the model in one call (their size aside)."""
-        return self.upscale, self.align, self.latent, self.seed, self.tiles
+        return (self.upscale, self.align, self.latent, self.seed, self.tiles, self.strength, self.guidance,
+                self.negative_prompt if self.guidance != 1 else "")
 
 
 def output_size(width: int, height: int, upscale: float) -> tuple[int, int]:

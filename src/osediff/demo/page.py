@@ -152,6 +152,14 @@ def build_demo(model: Upscaler | OSEDiffPipeline | Callable[[], Upscaler | OSEDi
                 align = gr.Radio(list(ALIGN_METHODS), value=defaults.align, label="Colour alignment", elem_id="align")
                 tile = gr.Dropdown([("off", 0), *((f"{t} px", t) for t in TILE_CHOICES[1:])], value=defaults.tile_px,
                                    label="UNet tile size", info="smaller tiles use less memory", elem_id="tile")
+                strength = gr.Slider(0, 1, value=defaults.strength, step=0.05, label="Strength", elem_id="strength",
+                                     info="1 = the model's full detail; lower stays closer to the input (0: only "
+                                          "the input, re-encoded)")
+                guidance = gr.Slider(0, 5, value=defaults.guidance, step=0.25, label="Prompt guidance",
+                                     elem_id="guidance", info="1 = the prompt as trained; higher pushes away from "
+                                                              "the negative prompt below (one extra UNet pass)")
+                negative = gr.Textbox(label="Negative prompt", value=defaults.negative_prompt, elem_id="negative",
+                                      placeholder="used when guidance is not 1, e.g. 'oversaturated, painting'")
                 run = gr.Button("Upscale", variant="primary", elem_id="run")
                 gr.Markdown(f"Limits: {limits.max_bytes // (1024 * 1024)} MB and {limits.max_pixels:,} pixels per "
                             f"upload, {limits.max_output_pixels:,} output pixels.")
@@ -163,7 +171,8 @@ def build_demo(model: Upscaler | OSEDiffPipeline | Callable[[], Upscaler | OSEDi
                 used = gr.Textbox(label="Prompt used", interactive=False, elem_id="prompt-used")
                 took = gr.Textbox(label="Time taken", interactive=False, elem_id="time-taken")
                 status = gr.Textbox(label="Status", interactive=False, elem_id="status")
-        event = run.click(handlers.upscale, inputs=[source, upscale, prompt, extractor, align, tile],
+        event = run.click(handlers.upscale, inputs=[source, upscale, prompt, extractor, align, tile, strength,
+                                                    guidance, negative],
                           outputs=[slider, download, used, took, status], api_name="upscale")
         # a failed run updates no output; the follow-up puts its message where it stays readable
         event.failure(handlers.last_error, inputs=None, outputs=status, api_name=False)
@@ -205,12 +214,14 @@ class DemoHandlers:
         return str(staged)
 
     def upscale(self, image_path: str | None, upscale: float, prompt: str, extractor: str, align: str,
-                tile_px: int, request: gr.Request = None) -> tuple[Any, Any, str, str, str]:
+                tile_px: int, strength: float = 1.0, guidance: float = 1.0, negative_prompt: str = "",
+                request: gr.Request = None) -> tuple[Any, Any, str, str, str]:
         if not image_path:
             raise self._refuse("Upload an image (or pick an example) first.", request)
         try:
             loaded = check_upload(image_path, upload_roots(), self.service.limits)
-            settings = DemoSettings(float(upscale), prompt or "", extractor, align, int(tile_px or 0))
+            settings = DemoSettings(float(upscale), prompt or "", extractor, align, int(tile_px or 0),
+                                    float(strength), float(guidance), negative_prompt or "")
             result = self.service.upscale(loaded, settings, name=Path(image_path).name)
         except DemoInputError as err:
             raise self._refuse(str(err), request) from None

@@ -38,12 +38,16 @@ class DemoSettings:
     extractor: str = "text"
     align: str = "adain"
     tile_px: int = 768  # UNet tile side in output pixels; 0 switches tiling off
+    strength: float = 1.0
+    guidance: float = 1.0
+    negative_prompt: str = ""
 
     def params(self) -> UpscaleParams:
         """The run these settings ask for (a refusal is worded for the page)."""
         try:
             return UpscaleParams(float(self.upscale), self.align, self.prompt or "", self.extractor,
-                                 tiles=TileConfig.for_output_tile(int(self.tile_px or 0)))
+                                 tiles=TileConfig.for_output_tile(int(self.tile_px or 0)), strength=self.strength,
+                                 guidance=self.guidance, negative_prompt=self.negative_prompt or "")
         except ParamError as err:
             raise DemoInputError(f"{err.argument.replace('_', ' ')} {err.problem}") from None
 

@@ -189,16 +189,31 @@ class OSEDiffPipeline:
         z = dist.mode() if latent == "mode" else dist.sample(generator)
         return z * self.vae.config.scaling_factor
 
-    def predict_noise(self, z: torch.Tensor, embedding: torch.Tensor, tiles: TileConfig) -> torch.Tensor:
-        """eps = UNet(z, 999, c); ``embedding`` holds one prompt for all of ``z`` or one per sample."""
+    def predict_noise(self, z: torch.Tensor, embedding: torch.Tensor, tiles: TileConfig, *,
+                      guidance: float = 1.0, negative: torch.Tensor | None = None) -> torch.Tensor:
+        """eps = UNet(z, 999, c); ``embedding`` holds one prompt for all of ``z`` or one per sample.
+
+        With ``guidance`` W != 1, eps = eps(negative) + W (eps(c) - eps(negative)): the negative and
+        the positive prompt go through the UNet as one batch of two, in every tile alike.
+        """
         timestep = torch.tensor([ONE_STEP_TIMESTEP], device=self.device)
+        guided = guidance != 1.0
+        if guided and negative is None:
+            raise PromptNotEncodedError("guidance other than 1 needs the negative prompt's embedding")
+
+        def contexts(prompts: torch.Tensor, count: int) -> torch.Tensor:
+            # tiles arrive as whole copies of the batch, one after the other
+            return prompts.expand(count, -1, -1) if prompts.shape[0] == 1 else prompts.repeat(count // prompts.shape[0],
+                                                                                                  1, 1)
 
         def unet(latents: torch.Tensor) -> torch.Tensor:
-            # tiles arrive as whole copies of the batch, one after the other
-            repeats = latents.shape[0] // embedding.shape[0]
-            context = (embedding.expand(latents.shape[0], -1, -1) if embedding.shape[0] == 1
-                       else embedding.repeat(repeats, 1, 1))
-            return self.unet(latents.to(self.dtype), timestep, encoder_hidden_states=context).sample
+            latents, count = latents.to(self.dtype), latents.shape[0]
+            if not guided:
+                return self.unet(latents, timestep, encoder_hidden_states=contexts(embedding, count)).sample
+            both = torch.cat([contexts(negative, count), contexts(embedding, count)])
+            eps_negative, eps_prompt = self.unet(torch.cat([latents, latents]), timestep,
+                                                 encoder_hidden_states=both).sample.float().chunk(2)
+            return eps_negative + guidance * (eps_prompt - eps_negative)
 
         if not tiles.enabled:
             return unet(z)
@@ -228,13 +243,15 @@ class OSEDiffPipeline:
 
     @torch.no_grad()
     def super_resolve(self, x_l: torch.Tensor, embedding: torch.Tensor, *, tiles: TileConfig,
-                      latent: LatentMode = "mode", seed: int | None = None,
+                      latent: LatentMode = "mode", seed: int | None = None, strength: float = 1.0,
+                      guidance: float = 1.0, negative: torch.Tensor | None = None,
                       timings: dict[str, float] | None = None) -> torch.Tensor:
         """x_L (N, 3, H, W) in [0, 1], any size -> x_H (N, 3, H, W) in [0, 1] on the pipeline's device.
 
         ``embedding`` is one prompt's (1, 77, d) for all images or (N, 77, d); ``latent="sample"``
-        draws the whole batch from one generator seeded with ``seed``. Seconds per stage are added
-        to ``timings``.
+        draws the whole batch from one generator seeded with ``seed``. ``strength`` S decodes
+        z_L + S (z_H - z_L) (S = 1: z_H itself); ``guidance`` and ``negative`` are those of
+        :meth:`predict_noise`. Seconds per stage are added to ``timings``.
         """
         timings = {} if timings is None else timings
         height, width = x_l.shape[-2:]
@@ -243,7 +260,9 @@ class OSEDiffPipeline:
             generator = torch.Generator("cpu").manual_seed(seed) if seed is not None else None
             z_l = self.encode_latent(padded, tiles, latent, generator)
         with timed(timings, "unet", self.device):
-            z_h = self.denoise(z_l, self.predict_noise(z_l, embedding, tiles))
+            z_h = self.denoise(z_l, self.predict_noise(z_l, embedding, tiles, guidance=guidance, negative=negative))
+            if strength != 1.0:  # fidelity: part of the way from the encoded input to the model's latent
+                z_h = z_l.float() + strength * (z_h - z_l.float())
         with timed(timings, "vae_decode", self.device):
             x_h = self.decode_latent(z_h, tiles)[..., :height, :width]
         return (x_h + 1) / 2
@@ -272,9 +291,13 @@ class OSEDiffPipeline:
     def run_batch(self, images: Sequence[Any], upscale: float = 4.0, prompts: Sequence[str | None] | None = None,
                   *, align: str = "adain", tiles: TileConfig | None = None, latent: LatentMode = "mode",
                   seed: int | None = None, prompt_extractor: str | PromptExtractor = "text",
+                  strength: float = 1.0, guidance: float = 1.0, negative_prompt: str = "",
                   alphas: Sequence[Image.Image | None] | None = None,
                   output_type: str = "pil") -> list[SRResult]:
         """Images of one size go through the model together; the results keep the input order.
+
+        ``strength`` (0 to 1) trades the model's detail for fidelity to the input, ``guidance`` with
+        ``negative_prompt`` weighs the prompt (see :class:`~osediff.params.UpscaleParams`).
 
         ``prompt_extractor`` is ``text`` (the prompt as given), ``none``, or a callable
         ``(images, user_prompt) -> prompts`` (e.g. ``osediff.prompts.create_prompt_extractor("dape")``)
@@ -294,7 +317,8 @@ class OSEDiffPipeline:
         custom = not isinstance(prompt_extractor, str)
         offered = PromptExtractors(built={"custom": prompt_extractor} if custom else None)
         params = UpscaleParams(upscale, align, prompt_extractor="custom" if custom else prompt_extractor,
-                               latent=latent, seed=seed, tiles=tiles or TileConfig())
+                               latent=latent, seed=seed, tiles=tiles or TileConfig(), strength=strength,
+                               guidance=guidance, negative_prompt=negative_prompt)
         loaded = [as_loaded_image(image, alpha) for image, alpha in zip(images, alphas, strict=True)]
         requests = [(image, params.replace(prompt=prompt or "")) for image, prompt in zip(loaded, prompts, strict=True)]
         return Upscaler(self, offered).upscale(requests, output_type=output_type)

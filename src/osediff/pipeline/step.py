@@ -49,7 +49,8 @@ class OneStepModel(Protocol):
     def encode_prompt(self, prompt: str) -> torch.Tensor: ...
 
     def super_resolve(self, x_l: torch.Tensor, embedding: torch.Tensor, *, tiles: TileConfig,
-                      latent: LatentMode = "mode", seed: int | None = None,
+                      latent: LatentMode = "mode", seed: int | None = None, strength: float = 1.0,
+                      guidance: float = 1.0, negative: torch.Tensor | None = None,
                       timings: dict[str, float] | None = None) -> torch.Tensor: ...
 
 
@@ -207,8 +208,10 @@ class Upscaler:
         pipe, timings = self.pipe, {}
         with timed(timings, "prompt", pipe.device):
             embedding = self.prompts.batch([prompts[i] or "" for i in group])
+            negative = self.prompts.get(params.negative_prompt) if params.guidance != 1 else None
         x_l = torch.cat([_to_tensor(upscaled[i]) for i in group])
         x_h = pipe.super_resolve(x_l, embedding, tiles=params.tiles, latent=params.latent, seed=params.seed,
+                                 strength=params.strength, guidance=params.guidance, negative=negative,
                                  timings=timings)
         with timed(timings, "colour", pipe.device):
             out = align_colors(x_h, x_l.to(x_h.device), params.align).clamp(0, 1).cpu()
