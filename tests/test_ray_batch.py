@@ -1,7 +1,8 @@
 """``osediff upscale --engine ray`` on a local 2-CPU Ray instance with the tiny model.
 
 Ray takes tens of seconds to start, so one instance serves the whole module and the tests are few;
-each job starts its own model replica (another ~15 s), so two tests read one shared job.
+each job starts its own model replica (another ~15 s), so two tests read one shared job. One job
+reads and writes an S3-compatible server (moto's, on loopback).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import io
 import json
 import os
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -19,6 +21,7 @@ from ray import cloudpickle
 
 from osediff.batch.ray_engine import MANIFEST_NAME
 from osediff.cli import main
+from test_storage_s3 import BUCKET, KEY_ENV, SECRET_ENV, moto_s3, png
 
 FAULT_ENV = "OSEDIFF_TEST_RAY_FAULT_FILE"
 
@@ -171,13 +174,55 @@ def test_a_second_run_processes_only_the_missing_images(upscale, tmp_path, capsy
     src = make_inputs(tmp_path / "in", 3)
     out = tmp_path / "out"
     # a partial first run; the engines name outputs alike (see the pixel-identity test), so the local
-    # one stands in for an interrupted Ray job without starting a second model replica
+    # one stands in for an interrupted Ray job without starting a second model replica: killed while
+    # writing im1.png, it left that write's temporary and the manifest rows of its first results
     assert upscale(str(src / "im0.png"), str(src / "im2.png"), "-o", str(out), engine="local") == 0
+    earlier = '{"run": "earlier", "input": "im0.png", "status": "written"}\n'
+    (out / MANIFEST_NAME).write_text(earlier)
+    (out / ".im1.0xcgxehq.png").write_bytes(b"\x89PNG half an image")
+    os.utime(out / ".im1.0xcgxehq.png", (time.time() - 60,) * 2)
     kept = {name: (out / name).stat().st_mtime_ns for name in ("im0.png", "im2.png")}
     capsys.readouterr()
     assert upscale(str(src), "-o", str(out), "--skip-existing") == 0  # the same rule as the local runner
     assert "1 written" in capsys.readouterr().out
-    status = {os.path.basename(r["input"]): r["status"] for r in manifest(out)}
+    assert (out / MANIFEST_NAME).read_text().startswith(earlier)  # the earlier run's rows stay
+    rows = manifest(out)[1:]
+    assert len({r["run"] for r in rows}) == 1 and rows[0]["run"] != "earlier"
+    status = {os.path.basename(r["input"]): r["status"] for r in rows}
     assert status == {"im0.png": "skipped", "im1.png": "written", "im2.png": "skipped"}
     assert {name: (out / name).stat().st_mtime_ns for name in kept} == kept
-    assert images_in(out) == ["im0.png", "im1.png", "im2.png"]
+    assert sorted(p.name for p in out.iterdir()) == ["im0.png", "im1.png", "im2.png", MANIFEST_NAME]
+
+
+def test_s3_inputs_and_outputs_through_storage_options(upscale, monkeypatch, capsys):
+    """One job between two prefixes of an S3-compatible server, reached through --storage-option
+    only: the endpoint and the credentials (read from this shell's environment, set after the
+    workers started, so they reach them with the job). An object that is not an image and one whose
+    bytes cannot be read (archived) fail their own rows; the rest are written and the manifest with them."""
+    with moto_s3() as s3:
+        for i in range(3):
+            s3.put(f"lr/im{i}.png", png((12 + 4 * (i % 2), 8), seed=i))
+        s3.put("lr/broken.png", b"not an image")
+        s3.put("lr/cold.png", png(), StorageClass="GLACIER")  # listed, but GetObject is refused
+        monkeypatch.setenv(KEY_ENV, "test-key")
+        monkeypatch.setenv(SECRET_ENV, "test-secret")
+        options = [f"endpoint_override={s3.endpoint}", "request_timeout=10", f"access_key_env={KEY_ENV}",
+                   f"secret_key_env={SECRET_ENV}"]
+        status = upscale(f"s3://{BUCKET}/lr/", "-o", f"s3://{BUCKET}/sr/", "--save-prompts",
+                         *[arg for option in options for arg in ("--storage-option", option)])
+        assert status == 1, capsys.readouterr().err
+        objects = [key for key in s3.keys("sr/") if not key.endswith("/")]  # pyarrow marks folders with "sr/"
+        assert objects == [f"sr/{name}" for name in ("im0.png", "im0.txt", "im1.png", "im1.txt", "im2.png",
+                                                            "im2.txt", MANIFEST_NAME)]
+        for i in range(3):
+            with Image.open(io.BytesIO(s3.get(f"sr/im{i}.png"))) as img:
+                assert img.size == (2 * (12 + 4 * (i % 2)), 16)
+        rows = {r["input"]: r for r in map(json.loads, s3.get(f"sr/{MANIFEST_NAME}").decode().splitlines())}
+    assert set(rows) == {f"s3://{BUCKET}/lr/{name}.png" for name in ("im0", "im1", "im2", "broken", "cold")}
+    assert {rows[f"s3://{BUCKET}/lr/im{i}.png"]["output"] for i in range(3)} == {
+        f"s3://{BUCKET}/sr/im{i}.png" for i in range(3)}
+    assert {r["status"] for name, r in rows.items() if "/im" in name} == {"written"}
+    assert "not an image" in rows[f"s3://{BUCKET}/lr/broken.png"]["error"]
+    assert rows[f"s3://{BUCKET}/lr/cold.png"]["error"].startswith(f"s3://{BUCKET}/lr/cold.png: cannot read (")
+    err = capsys.readouterr().err
+    assert "test-secret" not in err and "test-key" not in err

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -45,6 +46,18 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+# what atomic_write leaves while it writes: "." + stem + "." + tempfile's 8 random characters + suffix
+_TEMPORARY = re.compile(r"\.(?P<stem>.+)\.[a-z0-9_]{8}(?P<suffix>\.[^.]+)", re.DOTALL)
+
+
+def atomic_temporary_parts(name: str) -> tuple[str, str] | None:
+    """``(stem, suffix)`` of the target whose :func:`atomic_write` made the hidden temporary ``name``
+    (``.cat.k2j4x_9q.png`` -> ``("cat", ".png")``; a target without a suffix gives ``".tmp"``), or
+    None when ``name`` is not of that form. A run killed mid-write leaves such a file behind."""
+    match = _TEMPORARY.fullmatch(name)
+    return (match["stem"], match["suffix"]) if match else None
 
 
 def write_bytes_atomic(data: bytes, path: str | os.PathLike) -> Path:

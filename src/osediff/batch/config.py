@@ -8,6 +8,7 @@ import urllib.parse
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ..errors import OptionError
 from ..images import DEFAULT_MAX_PIXELS
@@ -33,6 +34,9 @@ class BatchConfig:
     each image's saved prompt replaces the extractor). ``rank``/``world`` take every ``world``-th
     input from ``rank`` on, as processes under ``accelerate launch`` do. Images go through the
     model ``batch_size`` of one size at a time, read ``model.prompt_batch_size`` at a time.
+    ``storage_options`` (the Ray engine's URIs): options of the object stores its ``s3://``/``gs://``
+    inputs and output live in (``endpoint_override``, ``region``, ``anonymous``, credentials...; see
+    :mod:`osediff.batch.storage`); they travel with the config to every node.
     """
 
     inputs: list[str]
@@ -47,6 +51,7 @@ class BatchConfig:
     batch_size: int = 1
     rank: int = 0
     world: int = 1
+    storage_options: dict[str, Any] = field(default_factory=dict)
 
     @property
     def needs_extractor(self) -> bool:
@@ -85,6 +90,13 @@ def validate(config: BatchConfig, *, remote_ok: bool = False, offered: Sequence[
     if is_uri(config.output) and not remote_ok:
         raise BatchConfigError(f"{config.output}: URIs are written by the Ray engine only ({{argument}} ray)",
                                argument="engine")
+    if config.storage_options:
+        from .storage import check_storage_options
+
+        if not remote_ok:
+            raise BatchConfigError("is for the s3:// and gs:// URIs that only the Ray engine reads",
+                                   argument="storage_options")
+        check_storage_options(config.storage_options, [*map(str, config.inputs), str(config.output)])
     if not is_uri(config.output) or str(config.output).startswith("file://"):
         check_writable_folder(Path(urllib.parse.unquote(urllib.parse.urlparse(str(config.output)).path)))
 

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from ..batch.config import BatchConfig
+from ..batch.storage import parse_storage_options
 from ..images import DEFAULT_MAX_PIXELS
 from ..params import ALIGN_METHODS, LATENT_MODES, OUTPUT_FORMATS, VAE_MAPS, ParamError, TileConfig, UpscaleParams
 from ..prompts import available_prompt_extractors
@@ -93,7 +94,13 @@ def add_command(subparsers: argparse._SubParsersAction) -> None:
     engine.add_argument("--ray-cpus-per-replica", type=int, default=8,
                         help="CPUs per model replica on clusters without GPUs (one replica per GPU otherwise)")
     engine.add_argument("--manifest", default=None,
-                        help="--engine ray: JSONL manifest of the run (default: OUTPUT/manifest.jsonl)")
+                        help="--engine ray: JSONL manifest, one row per input with the run's id, below the rows "
+                             "of earlier runs (default: OUTPUT/manifest.jsonl)")
+    engine.add_argument("--storage-option", action="append", default=[], metavar="KEY=VALUE",
+                        help="--engine ray: an option of the s3:// / gs:// store of every input and output URI, "
+                             "for the driver and every node (repeat it): endpoint_override=http://host:9000, "
+                             "region=..., anonymous=true, scheme=http, ...; credentials name an environment "
+                             "variable of this shell: access_key_env=VAR, secret_key_env=VAR, session_token_env=VAR")
     p.set_defaults(run=run)
 
 
@@ -117,7 +124,8 @@ def config_from_args(args: argparse.Namespace) -> BatchConfig:
                        params=params, model=model, prompt_fallback=args.prompt_fallback,
                        prompts_from=args.prompts_from, save_prompts=args.save_prompts,
                        skip_existing=args.skip_existing, max_pixels=args.max_pixels, batch_size=args.batch_size,
-                       rank=int(os.environ.get("RANK", 0)), world=int(os.environ.get("WORLD_SIZE", 1)))
+                       rank=int(os.environ.get("RANK", 0)), world=int(os.environ.get("WORLD_SIZE", 1)),
+                       storage_options=parse_storage_options(args.storage_option))
 
 
 def run(args: argparse.Namespace) -> int:
