@@ -48,7 +48,10 @@ def parse_error(argv: list[str], capsys) -> str:
 
 def test_no_parser_accepts_abbreviations():
     parsers = list(all_parsers(build_parser()))
-    assert len(parsers) == 8 and all(p.allow_abbrev is False for p in parsers)
+    from osediff.cli import COMMANDS
+
+    # the top level, one per command, and the nested ones of `osediff models` (download, list)
+    assert len(parsers) == 1 + len(COMMANDS) + 2 and all(p.allow_abbrev is False for p in parsers)
 
 
 def test_every_parser_in_the_sources_says_allow_abbrev_false():

@@ -238,3 +238,20 @@ def test_a_network_failure_is_remembered_for_a_while(caches, no_network, monkeyp
     with pytest.raises(ModelNotFoundError) as later:
         resolve_file("hf://owner/repo/model.pth")
     assert later.value is not first.value and len(no_network) == 2
+
+
+def test_offline_download_fails_fast_in_one_line_and_writes_nothing(tmp_path, caches, no_network):
+    from osediff.checkpoint import store
+
+    started = time.perf_counter()
+    with pytest.raises(ModelNotFoundError) as info:
+        store.download("osediff", ["dape"], to=tmp_path / "models")
+    assert time.perf_counter() - started < 1.0
+    message = info.value.message(flag_for)
+    assert "\n" not in message and message.startswith(f"not downloaded into {tmp_path / 'models'}: ")
+    assert "base, prompts/ram_swin_large_14m.pth: the hub could not be reached" in message
+    assert "weights/osediff.pkl, prompts/DAPE.pth: neither the hub nor github.com could be reached" in message
+    assert info.value.network
+    # the same one probe per host as every lookup (hub, github.com, raw.githubusercontent.com), no other connection
+    assert len(no_network) == len(set(no_network)) == 3 and not caches
+    assert not (tmp_path / "models").exists()

@@ -3,7 +3,8 @@
 :func:`find_model_files` looks for the SD-2.1-base folder, the OSEDiff weights and the files of each
 prompt extractor (in the local caches, then on the network unless offline) and reports every file
 it could not find in one :class:`~osediff.checkpoint.ModelNotFoundError`, each with the argument
-that supplies it. The result holds local paths only, so it can be handed to processes that load
+that supplies it. The models folder (``ModelOptions.models_dir``, see :mod:`osediff.checkpoint.store`)
+is read first, for every file. The result holds local paths only, so it can be handed to processes that load
 the model (Ray replicas) without any of them going to the network. No torch here.
 """
 
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from .checkpoint import store
 from .checkpoint.hub import ModelNotFoundError, resolve_base
 from .errors import OptionError
 from .presets import DEFAULT_PRESET, get_preset, resolve_weights
@@ -29,7 +31,10 @@ class ModelOptions:
 
     ``weights`` ``None`` takes the preset's published file; ``ram``, ``dape``, ``ram_tags`` and
     ``captioner`` name the prompt extractors' files (``None``: their published defaults), which
-    ``prompt_batch_size`` images at a time go through.
+    ``prompt_batch_size`` images at a time go through. ``models_dir`` is the models folder read
+    before the caches and the network (:mod:`osediff.checkpoint.store`); ``None`` takes
+    ``$OSEDIFF_MODELS`` when the options are made, so the folder travels with them (Ray replicas),
+    else the default folder of the machine that looks.
     """
 
     base: str | None = None
@@ -47,9 +52,12 @@ class ModelOptions:
     ram_tags: str | None = None
     captioner: str | None = None
     prompt_batch_size: int = 8
+    models_dir: str | None = None
 
     def __post_init__(self) -> None:
         get_preset(self.preset)
+        named = store.named_models_dir(self.models_dir)  # absolute: a Ray worker's working folder differs
+        object.__setattr__(self, "models_dir", None if named is None else os.path.abspath(os.path.expanduser(named)))
         size = self.prompt_batch_size
         if isinstance(size, bool) or not isinstance(size, int) or size < 1:
             raise OptionError(f"must be an integer >= 1, got {size!r}", argument="prompt_batch_size")
@@ -86,12 +94,12 @@ def find_model_files(options: ModelOptions, extractors: Iterable[str] = (), *, o
     for name in (*required, *optional):
         known_prompt_extractor(name)
     misses: list[ModelNotFoundError] = []
-    local_only = options.offline
-    base = _attempt(misses, lambda: resolve_base(options.base, local_files_only=local_only))
+    local_only, models_dir = options.offline, options.models_dir
+    base = _attempt(misses, lambda: resolve_base(options.base, local_files_only=local_only, models_dir=models_dir))
     weights = None
     if with_weights:
         weights = _attempt(misses, lambda: resolve_weights(options.weights, preset=options.preset,
-                                                           local_files_only=local_only))
+                                                           local_files_only=local_only, models_dir=models_dir))
     offered: dict[str, Mapping[str, Any]] = {}
     unavailable: dict[str, str] = {}
     for name in (*required, *optional):
@@ -99,8 +107,9 @@ def find_model_files(options: ModelOptions, extractors: Iterable[str] = (), *, o
             offered[name] = {}
             continue
         try:
-            offered[name] = resolve_extractor_files(name, **options.extractor_files(),
-                                                    local_files_only=local_only or name in cached_only)
+            with store.using(models_dir):  # the extractors' resolvers read the same models folder
+                offered[name] = resolve_extractor_files(name, **options.extractor_files(),
+                                                        local_files_only=local_only or name in cached_only)
         except ModelNotFoundError as err:
             if name in required:
                 misses.append(err)

@@ -6,7 +6,8 @@
 ('https://github.com/cswry/OSEDiff/raw/main/preset/models/osediff_face.pkl', 1.0, 'none')
 
 A preset's ``weights`` is a spec that :func:`osediff.checkpoint.hub.resolve_file` reads (a path,
-``hf://owner/repo/file`` or a URL), with ``weights_mirrors`` tried after it.
+``hf://owner/repo/file`` or a URL), with ``weights_mirrors`` tried after it; the models folder keeps
+it as ``weights/<its file name>`` (:mod:`osediff.checkpoint.store`), read before those.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ import posixpath
 from dataclasses import dataclass
 from pathlib import Path
 
-from .checkpoint.hub import DEFAULT_WEIGHTS, KNOWN_SHA256, WEIGHTS_MIRRORS, WEIGHTS_OPTION, resolve_file
+from .checkpoint.hub import DEFAULT_WEIGHTS, KNOWN_SHA256, WEIGHTS_MIRRORS, WEIGHTS_OPTION, resolve_file, with_note
+from .checkpoint.store import lookup_file, weights_file
 from .errors import OSEDiffError
 
 AUTHORS_MODELS = "https://github.com/cswry/OSEDiff/raw/main/preset/models"
@@ -60,14 +62,22 @@ def get_preset(name: str) -> Preset:
 
 
 def resolve_weights(spec: str | os.PathLike | None = None, *, preset: str = DEFAULT_PRESET,
-                    local_files_only: bool = False) -> Path:
+                    local_files_only: bool = False, models_dir: str | os.PathLike | None = None) -> Path:
     """A local path for OSEDiff weights: ``spec``, or else the preset's published file.
 
-    A preset's published file is also tried at its mirrors and checked against its pinned sha256
-    where one is known; any other spec is taken as given.
+    A preset's published file is looked for in the models folder first (``models_dir``, else
+    ``$OSEDIFF_MODELS`` or the default one; :mod:`osediff.checkpoint.store`), and is also tried at
+    its mirrors and checked against its pinned sha256 where one is known; any other spec is taken
+    as given.
     """
     spec = str(spec) if spec is not None else get_preset(preset).weights
     published = next((p for p in PRESETS.values() if p.weights == spec), None)
     mirrors = published.weights_mirrors if published else ()
     sha256 = KNOWN_SHA256.get(posixpath.basename(spec)) if published else None
-    return resolve_file(spec, mirrors=mirrors, sha256=sha256, option=WEIGHTS_OPTION, local_files_only=local_files_only)
+    note = None
+    if published:
+        found, note = lookup_file(weights_file(spec), models_dir)
+        if found is not None:
+            return found
+    return with_note(note, lambda: resolve_file(spec, mirrors=mirrors, sha256=sha256, option=WEIGHTS_OPTION,
+                                                local_files_only=local_files_only))

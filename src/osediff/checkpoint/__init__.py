@@ -2,7 +2,8 @@
 
 Resolution (``resolve_base``, ``resolve_file``, and ``ModelNotFoundError`` with its ``MissingFile``
 and ``Option`` records) imports no torch, so a command can find out that a file is missing before paying
-for the heavy imports; the weights classes are imported on first use.
+for the heavy imports; the weights classes are imported on first use. The models folder (``store``:
+its layout, ``download`` and ``inventory``) is read before every cache and the network.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from .hub import (
     resolve_base,
     resolve_file,
 )
+from .store import download, inventory, models_folder
 
 if TYPE_CHECKING:
     from .weights import CheckpointError, OSEDiffWeights, convert_weights
@@ -46,6 +48,9 @@ __all__ = [
     "Option",
     "cache_dir",
     "convert_weights",
+    "download",
+    "inventory",
+    "models_folder",
     "resolve_base",
     "resolve_file",
 ]

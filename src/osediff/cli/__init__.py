@@ -33,6 +33,7 @@ COMMANDS: dict[str, str] = {
     "demo": "osediff.cli.demo",
     "compare": "osediff.cli.compare",
     "serve": "osediff.cli.serve",
+    "models": "osediff.cli.models",
 }
 
 
@@ -68,13 +69,22 @@ def build_parser() -> argparse.ArgumentParser:
     for module_name in COMMANDS.values():
         module = importlib.import_module(module_name)
         module.add_command(subparsers)
-    for sub in subparsers.choices.values():
+    for sub in _sub_parsers(parser):
         # accepted after the command too; SUPPRESS keeps a --debug given before it
         sub.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                          help="show tracebacks for every error")
         _tidy(sub)
     _tidy(parser)
     return parser
+
+
+def _sub_parsers(parser: argparse.ArgumentParser):
+    """Every sub-command's parser, those of sub-commands with their own sub-commands too (osediff models list)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                yield sub
+                yield from _sub_parsers(sub)
 
 
 def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:

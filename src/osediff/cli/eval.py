@@ -133,6 +133,7 @@ def _upscale(args: argparse.Namespace) -> Path | int:
     config = upscale.config_from_args(upscale_args)
     model = config.model  # frozen: eval's own model flags make a changed copy
     config.model = dataclasses.replace(model, base=args.base or model.base, weights=args.weights or model.weights,
+                                       models_dir=args.models_dir or model.models_dir,
                                        device=args.device, dtype=args.dtype if args.dtype != "auto" else model.dtype,
                                        offline=model.offline or args.offline)
     config.skip_existing = config.skip_existing or args.reuse_sr

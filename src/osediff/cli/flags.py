@@ -35,6 +35,9 @@ FLAGS: dict[str, str] = {
     "skip_existing": "--skip-existing",
     "engine": "--engine",
     "address": "--ray-address",
+    "storage_options": "--storage-option",
+    "cpus_per_replica": "--ray-cpus-per-replica",
+    "manifest": "--manifest",
     # the model (osediff.loading.ModelOptions) and its files
     "base": "--base",
     "weights": "--weights",
@@ -50,6 +53,7 @@ FLAGS: dict[str, str] = {
     "ram_tags": "--ram-tags",
     "tags_path": "--ram-tags",
     "captioner": "--captioner",
+    "models_dir": "--models-dir",
     # per-request limits of the demo and the service (osediff.limits.RequestLimits)
     "max_bytes": "--max-upload-mb",
     "max_output_pixels": "--max-output-pixels",
@@ -62,6 +66,14 @@ FLAGS: dict[str, str] = {
     "panel_width": "--panel-width",
     "limit": "--limit",
     "autoscale": "--autoscale",
+    # the HTTP service's clients (osediff.serve.edge.EdgeSettings)
+    "read_timeout_s": "--read-timeout-s",
+    "body_timeout_s": "--body-timeout-s",
+    "request_timeout_s": "--request-timeout-s",
+    "keep_alive_s": "--keep-alive-s",
+    "max_per_client": "--max-requests-per-client",
+    "grace_s": "--grace-period-s",
+    "log_format": "--log-format",
     # the weights files of osediff convert (osediff.checkpoint.convert_weights)
     "src": "SRC",
     "dst": "DST",

@@ -10,7 +10,7 @@ from ..presets import DEFAULT_PRESET, PRESETS
 
 
 def add_model_options(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
-    """``--base --preset --weights --device --dtype --offline`` in a "model" group; returns the group."""
+    """``--base --preset --weights --models-dir --device --dtype --offline`` in a "model" group; returns the group."""
     model = parser.add_argument_group("model")
     model.add_argument("--base", default=None, help="SD-2.1-base folder or hub id (default: known mirrors)")
     model.add_argument("--preset", default=DEFAULT_PRESET, choices=list(PRESETS),
@@ -18,6 +18,9 @@ def add_model_options(parser: argparse.ArgumentParser) -> argparse._ArgumentGrou
                             + "; ".join(f"{p.name}: {p.description}" for p in PRESETS.values()))
     model.add_argument("--weights", default=None,
                        help="osediff.pkl / .safetensors path or hf:// / URL spec (default: the preset's)")
+    model.add_argument("--models-dir", default=None, metavar="DIR",
+                       help="models folder read before the caches and the network, as `osediff models download "
+                            "--to DIR` fills it (default: $OSEDIFF_MODELS, else ~/.cache/osediff/models)")
     model.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
     model.add_argument("--dtype", default="auto", help="auto | fp32 | fp16 | bf16")
     model.add_argument("--offline", action="store_true", help="use only local files and caches")
@@ -47,7 +50,7 @@ def limits_from_args(args: argparse.Namespace) -> RequestLimits:
 def model_options_from_args(args: argparse.Namespace) -> ModelOptions:
     """The model the flags ask for; flags a command does not have keep ModelOptions' defaults."""
     given = {"base": args.base, "weights": args.weights, "preset": args.preset, "device": args.device,
-             "dtype": args.dtype, "offline": args.offline}
+             "dtype": args.dtype, "offline": args.offline, "models_dir": getattr(args, "models_dir", None)}
     for flag, option in (("decoder_dtype", "decoder_dtype"), ("preview_decoder", "preview_decoder"),
                          ("compile", "compile_unet"), ("ram", "ram"), ("dape", "dape"), ("ram_tags", "ram_tags"),
                          ("captioner", "captioner"), ("prompt_batch_size", "prompt_batch_size")):

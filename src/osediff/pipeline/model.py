@@ -76,14 +76,18 @@ class OSEDiffPipeline:
                         merge_lora: bool = True, local_files_only: bool = False,
                         prompts: Sequence[str] | None = None, optimize: bool = True,
                         decoder_dtype: str | torch.dtype | None = "auto",
-                        preview_decoder: torch.nn.Module | None = None) -> OSEDiffPipeline:
+                        preview_decoder: torch.nn.Module | None = None,
+                        models_dir: str | os.PathLike | None = None) -> OSEDiffPipeline:
         """Load SD-2.1-base (``base``: folder or hub id; None = known mirrors) and OSEDiff ``weights``.
 
         ``weights`` is a path to ``osediff.pkl`` / ``.safetensors``, an ``hf://`` or URL spec, an
         :class:`OSEDiffWeights`, or ``None`` for the plain base model. LoRA is merged into the base
         weights unless ``merge_lora=False`` keeps peft adapters (the authors' runtime form).
         With ``prompts``, only those prompts can be used: they are encoded first and the text encoder
-        is freed before the UNet loads, which lowers peak memory by its 1.4 GB.
+        is freed before the UNet loads, which lowers peak memory by its 1.4 GB. ``models_dir`` is the
+        models folder read before the caches and the network (default ``$OSEDIFF_MODELS``, else
+        ``~/.cache/osediff/models``; filled by ``osediff models download``, see
+        :mod:`osediff.checkpoint.store`).
 
         By default the pipeline gets the settings measured fastest for the device, as the CLI
         does: channels_last VAE and ``decoder_dtype="auto"`` (bf16 decoder on CPUs with native
@@ -100,7 +104,9 @@ class OSEDiffPipeline:
         spec = None if given is not None or weights is None else str(weights)
         try:
             files = find_model_files(ModelOptions(base=None if base is None else str(base), weights=spec,
-                                                  offline=local_files_only), with_weights=spec is not None)
+                                                  offline=local_files_only,
+                                                  models_dir=None if models_dir is None else os.fspath(models_dir)),
+                                     with_weights=spec is not None)
         except ModelNotFoundError as err:  # from here, not from deep inside the resolution
             raise err.with_traceback(None) from None
         with quiet_loading():

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..checkpoint.hub import ModelNotFoundError, Option, resolve_file
+from ..checkpoint.store import TAG_LIST_FILE, THRESHOLDS_FILE
 
 TAG_LIST_NAME = "ram_tag_list.txt"
 THRESHOLDS_NAME = "ram_tag_list_threshold.txt"
@@ -116,8 +117,13 @@ def _read_text(path: str | os.PathLike) -> str:
 
 def resolve_vocabulary_files(tags_path: str | os.PathLike | None = None,
                              thresholds_path: str | os.PathLike | None = None, *,
-                             local_files_only: bool = False) -> tuple[Path, Path]:
-    """Local paths of (tag list, thresholds); :class:`ModelNotFoundError` names what is missing."""
+                             local_files_only: bool = False,
+                             models_dir: str | os.PathLike | None = None) -> tuple[Path, Path]:
+    """Local paths of (tag list, thresholds); :class:`ModelNotFoundError` names what is missing.
+
+    RAM's published files (no ``tags_path``, no ``thresholds_path``) are looked for in the models
+    folder first (``prompts/``; ``models_dir`` names it, see :mod:`osediff.checkpoint.store`).
+    """
     if tags_path is not None and Path(tags_path).expanduser().is_dir():
         folder = Path(tags_path).expanduser()
         tags_spec, thresholds_default = str(folder / TAG_LIST_NAME), str(folder / THRESHOLDS_NAME)
@@ -136,11 +142,13 @@ def resolve_vocabulary_files(tags_path: str | os.PathLike | None = None,
     else:
         thresholds_spec, threshold_mirrors = thresholds_default, ()
     files, errors = [], []
-    for what, spec, mirrors in ((TAG_LIST_NAME, tags_spec, tag_mirrors),
-                                (THRESHOLDS_NAME, thresholds_spec, threshold_mirrors)):
+    for what, spec, mirrors, stored in (
+            (TAG_LIST_NAME, tags_spec, tag_mirrors, TAG_LIST_FILE if tags_path is None else None),
+            (THRESHOLDS_NAME, thresholds_spec, threshold_mirrors,
+             THRESHOLDS_FILE if tags_path is None and thresholds_path is None else None)):
         try:
             files.append(resolve_file(spec, mirrors=tuple(mirrors), local_files_only=local_files_only,
-                                      name=what, option=TAGS_OPTION))
+                                      name=what, option=TAGS_OPTION, stored=stored, models_dir=models_dir))
         except ModelNotFoundError as err:
             errors.append(err)
     if errors:
