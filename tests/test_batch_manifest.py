@@ -46,7 +46,7 @@ def test_each_update_after_the_interval_rewrites_every_row_so_far(tmp_path):
 def test_the_first_record_is_written_at_once_then_updates_wait_for_the_interval(tmp_path, monkeypatch):
     """A driver killed before its first 30 s once left no manifest at all."""
     clock = [100.0]
-    monkeypatch.setattr("osediff.batch.ray_engine.time.monotonic", lambda: clock[0])
+    monkeypatch.setattr("osediff.batch.manifest.time.monotonic", lambda: clock[0])
     path = tmp_path / "manifest.jsonl"
     manifest = Manifest(str(path), interval=30.0)
     done = records(4)

@@ -17,8 +17,9 @@ from PIL import Image
 
 pytest.importorskip("ray")
 
-from osediff.batch import ray_engine
-from osediff.batch.ray_engine import RayEngineError, RayOptions, _decode, _replica_resources
+from osediff.batch import ray_cluster
+from osediff.batch.ray_cluster import RayEngineError, replica_resources
+from osediff.batch.ray_engine import _decode
 from osediff.cli import main
 from osediff.pipeline import OSEDiffPipeline
 
@@ -69,7 +70,7 @@ def placeable(nodes: list[dict[str, float]], resources: dict) -> bool:
 ])
 def test_replicas_are_sized_from_the_nodes_not_the_clusters_total(nodes, cpus_per_replica, replicas, each):
     cluster = FakeCluster(*nodes, dead=({"CPU": 64},))  # a node that died is no place for a replica
-    resources = _replica_resources(cluster, RayOptions(cpus_per_replica=cpus_per_replica), images=100, chunk=1)
+    resources = replica_resources(cluster, cpus_per_replica, None, images=100, chunk=1)
     assert placeable(nodes, resources), resources
     assert resources["compute"].max_size == replicas
     assert {key: value for key, value in resources.items() if key != "compute"} == each
@@ -77,8 +78,8 @@ def test_replicas_are_sized_from_the_nodes_not_the_clusters_total(nodes, cpus_pe
 
 def test_the_pool_is_no_larger_than_the_work_or_the_asked_count():
     cluster = FakeCluster(*[{"CPU": 4}] * 5)
-    assert _replica_resources(cluster, RayOptions(cpus_per_replica=2), images=3, chunk=2)["compute"].max_size == 2
-    assert _replica_resources(cluster, RayOptions(cpus_per_replica=2, replicas=3), 100, 1)["compute"].max_size == 3
+    assert replica_resources(cluster, 2, None, images=3, chunk=2)["compute"].max_size == 2
+    assert replica_resources(cluster, 2, 3, 100, 1)["compute"].max_size == 3
 
 
 @pytest.mark.parametrize(("nodes", "message"), [
@@ -89,7 +90,7 @@ def test_the_pool_is_no_larger_than_the_work_or_the_asked_count():
 ])
 def test_a_cluster_where_no_node_can_host_a_replica_fails_at_once_in_one_line(nodes, message):
     with pytest.raises(RayEngineError) as info:
-        _replica_resources(FakeCluster(*nodes), RayOptions(), images=4, chunk=1)
+        replica_resources(FakeCluster(*nodes), 8, None, images=4, chunk=1)
     assert str(info.value).startswith(message) and "\n" not in str(info.value)
 
 
@@ -151,7 +152,7 @@ def test_a_refused_token_is_the_reason_given_when_joining_fails(listening_port, 
     assert "192.0.2.2" not in err and len(err.splitlines()) == 1
     monkeypatch.setenv("RAY_AUTH_MODE", "token")  # a token sent, but not the cluster's
     with pytest.raises(RayEngineError, match=r"InvalidAuthToken.*; the cluster refused this driver's token: give it "):
-        ray_engine.connect(address)
+        ray_cluster.connect(address)
 
 
 def test_other_join_failures_keep_rays_words_and_what_it_logged(listening_port, tmp_path, capsys, monkeypatch):
@@ -165,7 +166,7 @@ def test_other_join_failures_keep_rays_words_and_what_it_logged(listening_port, 
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
     monkeypatch.setattr(ray, "init", not_a_head)
     with pytest.raises(RayEngineError) as info:
-        ray_engine.connect(f"127.0.0.1:{listening_port}")
+        ray_cluster.connect(f"127.0.0.1:{listening_port}")
     assert str(info.value) == (
         f"address 127.0.0.1:{listening_port}: cannot join the Ray cluster there (Failed to connect to Ray cluster "
         "at 192.0.2.2:6390: Failed to get cluster ID from GCS server: UNAVAILABLE: failed to connect to all "
@@ -179,7 +180,7 @@ def test_a_job_without_results_says_what_it_waits_for(capsys):
 
     waiting = threading.Event()
     resources = {"compute": ActorPoolStrategy(size=2), "num_cpus": 4}
-    ray_engine._notice_if_waiting(waiting, 0.05, resources, FakeCluster({"CPU": 4}, {"CPU": 2, "GPU": 1}))
+    ray_cluster.notice_if_waiting(waiting, 0.05, resources, FakeCluster({"CPU": 4}, {"CPU": 2, "GPU": 1}))
     threading.Event().wait(1.0)
     err = capsys.readouterr().err
     assert err == ("note: no result after 0 s; 2 model replica(s) ask for {'CPU': 4} each, on nodes with 2 node(s): "
@@ -187,6 +188,6 @@ def test_a_job_without_results_says_what_it_waits_for(capsys):
                    "lists pending demands)\n")
     answered = threading.Event()
     answered.set()  # a result came in time: nothing is said
-    ray_engine._notice_if_waiting(answered, 0.05, resources, FakeCluster({"CPU": 4}))
+    ray_cluster.notice_if_waiting(answered, 0.05, resources, FakeCluster({"CPU": 4}))
     threading.Event().wait(0.3)
     assert capsys.readouterr().err == ""

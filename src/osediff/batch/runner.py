@@ -108,6 +108,7 @@ def run(config: BatchConfig, *, upscaler: Upscaler | OSEDiffPipeline | None = No
     if not (plan.todo or plan.skipped or plan.clashes):
         raise BatchConfigError("no input images found")
     summary = BatchSummary(str(config.output), on_record=on_record)
+    note_removed(remove_stale_temporaries(config, out, plan.todo, time.time()))
     params, owned = config.params, upscaler is None
     if plan.todo and upscaler is None:
         files, params = find_batch_files(config)
@@ -160,6 +161,21 @@ def load_batch_upscaler(config: BatchConfig, files: ModelFiles, params: UpscaleP
     fixed = params.prompt_extractor in TEXT_EXTRACTORS and config.prompts_from is None
     prompt = params.prompt if params.prompt_extractor == "text" else ""
     return load_upscaler(config.model, files, device=device, fixed_prompts=[prompt] if fixed else None)
+
+
+def remove_stale_temporaries(config: BatchConfig, out: Folder, inputs: Sequence, before: float) -> list[str]:
+    """Delete the hidden temporaries a killed run's atomic writes of these inputs' outputs (and saved
+    prompts) left, if older than ``before``; their paths. Nothing else is touched."""
+    names = [output_name(src, config.params.format) for src in inputs]
+    if config.save_prompts:
+        names += [str(Path(name).with_suffix(".txt")) for name in names]
+    return [out.path(name) for name in out.remove_stale_temporaries(names, before)]
+
+
+def note_removed(paths: Sequence[str]) -> None:
+    if paths:
+        print(f"note: removed {len(paths)} partial file(s) an interrupted run left: {', '.join(paths)}",
+              file=sys.stderr)
 
 
 def chunk_size(config: BatchConfig, params: UpscaleParams) -> int:
