@@ -3,7 +3,8 @@
 Resolution (``resolve_base``, ``resolve_file``, and ``ModelNotFoundError`` with its ``MissingFile``
 and ``Option`` records) imports no torch, so a command can find out that a file is missing before paying
 for the heavy imports; the weights classes are imported on first use. The models folder (``store``:
-its layout, ``download`` and ``inventory``) is read before every cache and the network.
+its layout and lookups; ``store_fill``: ``download``; ``store_inventory``: ``inventory``) is read
+before every cache and the network.
 """
 
 from __future__ import annotations
@@ -21,7 +22,9 @@ from .hub import (
     resolve_base,
     resolve_file,
 )
-from .store import download, inventory, models_folder
+from .store import models_folder
+from .store_fill import download
+from .store_inventory import inventory
 
 if TYPE_CHECKING:
     from .weights import CheckpointError, OSEDiffWeights, convert_weights

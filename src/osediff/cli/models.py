@@ -80,16 +80,16 @@ class _Bars:
 
 
 def run_download(args: argparse.Namespace) -> int:
-    from ..checkpoint import store
+    from ..checkpoint import store, store_fill
     from ..checkpoint.fetch import format_size
 
     extractors = args.extractor if args.extractor is not None else ["dape"]
     folder = store.models_folder(args.to)
     print(f"models folder: {folder}", flush=True)
     bars = _Bars()
-    placed: list[store.Placed] = []
+    placed: list[store_fill.Placed] = []
 
-    def report(item: store.Placed) -> None:
+    def report(item: store_fill.Placed) -> None:
         bars.close()
         placed.append(item)
         resumed = f"  (from {format_size(item.resumed_from)} on)" if item.action == "resumed" else ""
@@ -97,8 +97,8 @@ def run_download(args: argparse.Namespace) -> int:
               flush=True)
 
     try:
-        store.download(args.preset, extractors, to=folder, captioner=args.captioner, on_file=report,
-                       on_progress=bars.progress)
+        store_fill.download(args.preset, extractors, to=folder, captioner=args.captioner, on_file=report,
+                            on_progress=bars.progress)
     finally:
         bars.close()
     counts = {action: [p for p in placed if p.action == action] for action in ("fetched", "resumed", "copied",
@@ -125,10 +125,10 @@ def _users(used_by: tuple[str, ...]) -> str:
 
 
 def run_list(args: argparse.Namespace) -> int:
-    from ..checkpoint import store
     from ..checkpoint.fetch import format_size
+    from ..checkpoint.store_inventory import inventory
 
-    found = store.inventory(args.models_dir, verify=args.verify, captioner=args.captioner)
+    found = inventory(args.models_dir, verify=args.verify, captioner=args.captioner)
     print(f"models folder: {found.folder}{'' if found.folder.is_dir() else ' (does not exist)'}")
     rows = [("FILE", "WHERE", "SIZE", "SHA256", "USED BY")]
     rows += [(f.name, f.where, format_size(f.size), f.check, _users(f.used_by)) for f in found.files]
