@@ -5,6 +5,8 @@
 
 * ``compare_realsr.png``: ``osediff compare`` on RealSR: bicubic | the authors' published OSEDiff
   outputs | HR, for three images (needs ../shared/benchmarks/realsr).
+* ``strength.png``: ``osediff upscale --strength 0 / 0.5 / 1`` of one example, shown with
+  ``osediff compare``; like the demo, a tiny *random* model without --base/--weights.
 * ``demo.png``: the web demo in headless Chromium (Debian's /usr/bin/chromium) after one upscale.
   Without --base/--weights it serves a tiny *random* model built on the spot, so the OSEDiff half
   of the slider shows noise: the picture shows the page, not the model's quality.
@@ -48,6 +50,31 @@ def _save_small(save, image, out: Path) -> Path:
     if out.stat().st_size > MAX_BYTES:
         raise SystemExit(f"{out} is {out.stat().st_size / 1e6:.1f} MB; keep figures under 2 MB")
     return out
+
+
+STRENGTH_EXAMPLE = ROOT / "examples" / "Canon_004_LR4.png"
+STRENGTHS = ("0", "0.5", "1")
+
+
+def make_strength_strip(out: Path, base: Path | None, weights: Path | None, device: str) -> Path:
+    """One example at three strengths, through the CLI, then side by side with ``osediff compare``."""
+    from osediff.evaluation.compare import compare_folders
+    from osediff.images import save_image_atomic
+
+    with tempfile.TemporaryDirectory(prefix="osediff-figures-") as tmp:
+        work = Path(tmp)
+        if base is None or weights is None:
+            base, weights = tiny_model(work / "tiny-model")
+        folders = []
+        for strength in STRENGTHS:
+            folder = work / f"strength-{strength}"
+            subprocess.run([sys.executable, "-m", "osediff", "upscale", str(STRENGTH_EXAMPLE), "-o", str(folder),
+                            "--strength", strength, "--base", str(base), "--weights", str(weights), "--offline",
+                            "--prompt-extractor", "text", "--device", device], check=True)
+            folders.append(folder)
+        grid = compare_folders(STRENGTH_EXAMPLE.parent, folders, None, names=[f"strength {s}" for s in STRENGTHS],
+                               select=[STRENGTH_EXAMPLE.stem], zoom=2, panel_width=256)
+        return _save_small(save_image_atomic, grid, out)
 
 
 def tiny_model(folder: Path) -> tuple[Path, Path]:
@@ -128,18 +155,21 @@ def make_demo(out: Path, base: Path | None, weights: Path | None, device: str) -
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     allow_abbrev=False)
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "images")
-    parser.add_argument("--only", choices=("compare", "demo"), default=None)
+    parser.add_argument("--only", choices=("compare", "strength", "demo"), default=None)
     parser.add_argument("--base", type=Path, default=None, help="real SD-2.1-base folder (default: tiny random)")
     parser.add_argument("--weights", type=Path, default=None, help="real osediff.pkl (default: tiny random)")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
-    if not REALSR.is_dir():
-        raise SystemExit(f"RealSR data not found at {REALSR}")
     args.out.mkdir(parents=True, exist_ok=True)
     if args.only in (None, "compare"):
+        if not REALSR.is_dir():
+            raise SystemExit(f"RealSR data not found at {REALSR} (the compare figure needs it)")
         print("wrote", make_compare(args.out / "compare_realsr.png"))
+    if args.only in (None, "strength"):
+        print("wrote", make_strength_strip(args.out / "strength.png", args.base, args.weights, args.device))
     if args.only in (None, "demo"):
         print("wrote", make_demo(args.out / "demo.png", args.base, args.weights, args.device))
     return 0

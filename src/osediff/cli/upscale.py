@@ -53,6 +53,15 @@ def add_command(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--latent", choices=LATENT_MODES, default="mode",
                    help="latent mean (deterministic) or a sample as the authors' code does")
     p.add_argument("--seed", type=int, default=None, help="seed for --latent sample")
+    control = p.add_argument_group("fidelity against realism (no other weights)")
+    control.add_argument("--strength", type=float, default=1.0,
+                         help="1: the model's full detail; lower decodes part of the way from the encoded input "
+                              "(0: the input itself, re-encoded), for results truer to the photo")
+    control.add_argument("--guidance", type=float, default=1.0,
+                         help="1: the prompt as trained; above 1 pushes away from --negative-prompt (one more UNet "
+                              "pass per image: prompt and negative prompt as a batch of two)")
+    control.add_argument("--negative-prompt", default="", help="what --guidance pushes away from, e.g. "
+                         "'oversaturated, painting'")
     p.add_argument("--batch-size", type=int, default=1,
                    help="images of one size that go through the model together (more memory, fewer passes)")
     tiles = p.add_argument_group("tiling (switches on automatically above the tile sizes)")
@@ -119,7 +128,8 @@ def config_from_args(args: argparse.Namespace) -> BatchConfig:
     preset = get_preset(model.preset)
     params = UpscaleParams(upscale=preset.upscale if args.upscale is None else args.upscale,
                            align=args.align or preset.align, prompt=args.prompt, prompt_extractor=args.prompt_extractor,
-                           latent=args.latent, seed=args.seed, tiles=tiles, format=args.format, quality=args.quality)
+                           latent=args.latent, seed=args.seed, tiles=tiles, format=args.format, quality=args.quality,
+                           strength=args.strength, guidance=args.guidance, negative_prompt=args.negative_prompt)
     return BatchConfig(inputs=list(args.inputs), output=args.output if "://" in args.output else Path(args.output),
                        params=params, model=model, prompt_fallback=args.prompt_fallback,
                        prompts_from=args.prompts_from, save_prompts=args.save_prompts,
