@@ -100,3 +100,19 @@ def test_the_controls_are_checked_where_they_are_given(pipe):
     key = UpscaleParams().model_key
     assert UpscaleParams(negative_prompt="x").model_key == key  # ignored at W = 1: same model call
     assert UpscaleParams(guidance=2, negative_prompt="x").model_key != UpscaleParams(guidance=2).model_key
+
+
+def test_the_command_line_takes_the_controls(tiny_base_dir, tiny_pkl, tmp_path, capsys, single_thread):
+    from osediff.cli import main
+
+    photo().save(tmp_path / "a.png")
+    common = ["upscale", str(tmp_path / "a.png"), "-s", "2", "--base", str(tiny_base_dir), "--weights", str(tiny_pkl),
+              "--offline", "--prompt-extractor", "text", "--prompt", "a sharp photo", "--align", "none"]
+    assert main([*common, "-o", str(tmp_path / "bad"), "--strength", "1.5"]) == 2
+    assert capsys.readouterr().err == "error: --strength must be a number from 0 to 1, got 1.5\n"
+    assert main([*common, "-o", str(tmp_path / "out"), "--strength", "0.5", "--guidance", "2",
+                 "--negative-prompt", "blurry"]) == 0
+    pipe = OSEDiffPipeline.from_pretrained(tiny_base_dir, tiny_pkl, device="cpu")
+    expected = pipe(photo(), upscale=2, prompt="a sharp photo", align="none", strength=0.5, guidance=2.0,
+                    negative_prompt="blurry")
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "out" / "a.png")), np.asarray(expected))

@@ -149,7 +149,8 @@ def find_batch_files(config: BatchConfig) -> tuple[ModelFiles, UpscaleParams]:
 
 def load_batch_upscaler(config: BatchConfig, files: ModelFiles, params: UpscaleParams) -> Upscaler:
     """The job's models; with a fixed prompt (text or none, no saved prompts) the text encoder goes
-    once it is encoded, and under torchrun each process takes its own GPU."""
+    once it (and the negative prompt, with guidance) is encoded, and under torchrun each process
+    takes its own GPU."""
     import torch
 
     from ..device import pick_device
@@ -159,8 +160,10 @@ def load_batch_upscaler(config: BatchConfig, files: ModelFiles, params: UpscaleP
     if config.world > 1 and device.type == "cuda":  # one GPU per process under accelerate/torchrun
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", config.rank)) % torch.cuda.device_count())
     fixed = params.prompt_extractor in TEXT_EXTRACTORS and config.prompts_from is None
-    prompt = params.prompt if params.prompt_extractor == "text" else ""
-    return load_upscaler(config.model, files, device=device, fixed_prompts=[prompt] if fixed else None)
+    prompts = [params.prompt if params.prompt_extractor == "text" else ""]
+    if params.guidance != 1:
+        prompts.append(params.negative_prompt)
+    return load_upscaler(config.model, files, device=device, fixed_prompts=prompts if fixed else None)
 
 
 def remove_stale_temporaries(config: BatchConfig, out: Folder, inputs: Sequence, before: float) -> list[str]:
