@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import struct
+import time
 import zlib
 
 import numpy as np
@@ -17,6 +18,7 @@ from osediff.limits import DEMO_LIMITS, SERVE_LIMITS, LimitExceeded, LimitsError
 from osediff.params import ALIGN_METHODS
 from osediff.serve.limits import (
     RequestError,
+    TimedOut,
     TooLarge,
     Unprocessable,
     check_content_length,
@@ -56,6 +58,8 @@ def test_parameters_default_to_the_cli_defaults():
                            "quality": "80", "prompt_extractor": "none"}, LOADED, LIMITS)
     assert (params.upscale, params.align, params.prompt, params.format, params.quality) == (
         2.5, "wavelet", "a cat", "jpeg", 80)
+    params = parse_params({"strength": "0.25", "guidance": "3", "negative_prompt": "blurry"}, LOADED, LIMITS)
+    assert (params.strength, params.guidance, params.negative_prompt) == (0.25, 3.0, "blurry")
 
 
 @pytest.mark.parametrize(("values", "message"), [
@@ -71,6 +75,11 @@ def test_parameters_default_to_the_cli_defaults():
     ({"quality": "high"}, "quality must be an integer"),
     ({"seed": "1"}, "unknown parameter 'seed'"),
     ({"prompt": "x" * 1001}, "prompt is 1001 characters"),
+    ({"negative_prompt": "x" * 1001}, "negative_prompt is 1001 characters"),
+    ({"strength": "1.5"}, "strength must be a number from 0 to 1, got 1.5"),
+    ({"strength": "inf"}, "strength must be a number from 0 to 1"),
+    ({"guidance": "-1"}, "guidance must be a number from 0 to"),
+    ({"guidance": "lots"}, "guidance must be a number"),
 ])
 def test_unsupported_parameters_are_422(values, message):
     with pytest.raises(Unprocessable, match="^" + message.replace("(", r"\(").replace(")", r"\)")) as err:
@@ -98,6 +107,28 @@ def test_body_size_is_refused_from_the_header_and_while_streaming():
     with pytest.raises(TooLarge, match="request body exceeds 1000 bytes"):
         asyncio.run(read_limited(chunks(100), LIMITS))
     assert len(consumed) == 4  # stopped at the first chunk past the limit, not at the end of the body
+
+
+def test_a_body_that_stalls_or_drags_is_refused_with_408():
+    async def chunks(pause: float, n: int = 50):
+        for _ in range(n):
+            await asyncio.sleep(pause)
+            yield b"x"
+
+    async def read(pause: float, **deadlines) -> tuple[str, float]:
+        started = time.monotonic()
+        try:
+            await read_limited(chunks(pause), LIMITS, **deadlines)
+        except TimedOut as err:
+            assert error_status(err) == 408
+            return str(err), time.monotonic() - started
+        return "complete", time.monotonic() - started
+
+    message, seconds = asyncio.run(read(5.0, pause_s=0.2))  # a client that stops sending
+    assert message == "the request body stalled: nothing for 0.2 s (0 bytes received)" and seconds < 1
+    message, seconds = asyncio.run(read(0.05, pause_s=0.2, deadline=time.monotonic() + 0.5))  # a trickle
+    assert message.startswith("the request body did not arrive in time (") and 0.4 < seconds < 1.5
+    assert asyncio.run(read(0.001, pause_s=0.2, deadline=time.monotonic() + 5))[0] == "complete"
 
 
 def test_pixel_limits_are_checked_from_the_header_before_decoding(monkeypatch):

@@ -8,8 +8,10 @@ there; what a request leaves out comes from the server's defaults.
 
 from __future__ import annotations
 
+import asyncio
 import io
 import math
+import time
 import warnings
 from collections.abc import AsyncIterator, Mapping, Sequence
 
@@ -21,19 +23,25 @@ from ..limits import LimitExceeded, RequestLimits, check_request
 from ..outputs import MEDIA_TYPES
 from ..params import FORMAT_ALIASES, OUTPUT_FORMATS, ParamError, UpscaleParams
 
-PARAMETERS = ("upscale", "align", "prompt", "prompt_extractor", "format", "quality")
+PARAMETERS = ("upscale", "align", "prompt", "prompt_extractor", "format", "quality", "strength", "guidance",
+              "negative_prompt")
 MAX_PROMPT_CHARS = 1000
 
 
 class RequestError(OSEDiffError):
-    """A refused request: ``status`` is the HTTP status, the message goes to the client as is."""
+    """A refused request: ``status`` is the HTTP status, the message goes to the client as is;
+    ``retry_after`` (seconds) becomes a ``Retry-After`` header."""
 
     status = 400
+    retry_after: float | None = None
 
-    def __init__(self, problem: str = "", *, argument: str | None = None, status: int | None = None) -> None:
+    def __init__(self, problem: str = "", *, argument: str | None = None, status: int | None = None,
+                 retry_after: float | None = None) -> None:
         super().__init__(problem, argument=argument)
         if status is not None:
             self.status = status
+        if retry_after is not None:
+            self.retry_after = retry_after
 
 
 class TooLarge(RequestError):
@@ -46,6 +54,31 @@ class Unprocessable(RequestError):
 
 class Unauthorized(RequestError):
     status = 401
+
+
+class TimedOut(RequestError):
+    """The client was too slow: a pause in its body or the whole body took too long."""
+
+    status = 408
+
+
+class ClientGone(RequestError):
+    """The client hung up before its request was read (nobody reads the answer; nginx's 499)."""
+
+    status = 499
+
+
+class Unavailable(RequestError):
+    """Not the request's fault: the service is draining, or its model is full or restarting."""
+
+    status = 503
+    retry_after = 1.0
+
+
+class NoResult(RequestError):
+    """The model gave no result within the request's time."""
+
+    status = 504
 
 
 def error_status(err: BaseException) -> int:
@@ -77,6 +110,8 @@ def parse_params(values: Mapping[str, str | None], extractors: Sequence[str], li
     given = {key: value for key, value in values.items() if value is not None and value != ""}
     changes: dict = {key: given[key] for key in ("align", "prompt_extractor", "format") if key in given}
     changes["prompt"] = values.get("prompt") or ""
+    if "negative_prompt" in given:
+        changes["negative_prompt"] = given["negative_prompt"]
     if "upscale" in given:
         upscale = changes["upscale"] = _number(given["upscale"], "upscale", float)
         if not (math.isfinite(upscale) and 1.0 <= upscale <= limits.max_upscale):
@@ -84,9 +119,13 @@ def parse_params(values: Mapping[str, str | None], extractors: Sequence[str], li
                                 argument="upscale")
     if "quality" in given:
         changes["quality"] = _number(given["quality"], "quality", int)
-    if len(changes["prompt"]) > MAX_PROMPT_CHARS:
-        raise Unprocessable(f"is {len(changes['prompt'])} characters; at most {MAX_PROMPT_CHARS} are accepted",
-                            argument="prompt")
+    for name in ("strength", "guidance"):  # their ranges are UpscaleParams' own
+        if name in given:
+            changes[name] = _number(given[name], name, float)
+    for name in ("prompt", "negative_prompt"):
+        if len(changes.get(name, "")) > MAX_PROMPT_CHARS:
+            raise Unprocessable(f"is {len(changes[name])} characters; at most {MAX_PROMPT_CHARS} are accepted",
+                                argument=name)
     if "format" in given and FORMAT_ALIASES.get(given["format"].lower(), given["format"].lower()) not in OUTPUT_FORMATS:
         raise Unprocessable(f"must be one of {', '.join(OUTPUT_FORMATS)} (or jpg), got {given['format']!r}",
                             argument="format")
@@ -120,14 +159,32 @@ def check_content_length(header: str | None, limits: RequestLimits) -> None:
         raise TooLarge(f"request body is {length} bytes; at most {limits.max_bytes} are accepted")
 
 
-async def read_limited(chunks: AsyncIterator[bytes], limits: RequestLimits) -> bytes:
-    """The body, refused with 413 as soon as it grows past the limit (a missing or false length)."""
+async def read_limited(chunks: AsyncIterator[bytes], limits: RequestLimits, *, pause_s: float | None = None,
+                       deadline: float | None = None) -> bytes:
+    """The body, refused with 413 as soon as it grows past the limit (a missing or false length), and
+    with 408 when no byte came for ``pause_s`` seconds or the body is not complete at ``deadline``
+    (a :func:`time.monotonic` time): a client that stops sending is not waited for."""
     body = bytearray()
-    async for chunk in chunks:
+    iterator = aiter(chunks)
+    while True:
+        timeout = pause_s
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimedOut(f"the request body did not arrive in time ({len(body)} bytes received)")
+            timeout = left if timeout is None else min(timeout, left)
+        try:
+            chunk = await asyncio.wait_for(anext(iterator), timeout)
+        except StopAsyncIteration:
+            return bytes(body)
+        except asyncio.TimeoutError:  # TimeoutError itself from Python 3.11
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimedOut(f"the request body did not arrive in time ({len(body)} bytes received)") from None
+            raise TimedOut(f"the request body stalled: nothing for {pause_s:g} s "
+                           f"({len(body)} bytes received)") from None
         body += chunk
         if len(body) > limits.max_bytes:
             raise TooLarge(f"request body exceeds {limits.max_bytes} bytes")
-    return bytes(body)
 
 
 def open_checked(data: bytes, params: UpscaleParams, limits: RequestLimits) -> LoadedImage:
