@@ -226,3 +226,32 @@ def test_s3_inputs_and_outputs_through_storage_options(upscale, monkeypatch, cap
     assert rows[f"s3://{BUCKET}/lr/cold.png"]["error"].startswith(f"s3://{BUCKET}/lr/cold.png: cannot read (")
     err = capsys.readouterr().err
     assert "test-secret" not in err and "test-key" not in err
+
+
+def test_video_segments_go_over_two_replicas_and_a_killed_ones_segment_is_redone(upscale, local_ray, tmp_path,
+                                                                                  monkeypatch):
+    from osediff.batch import ray_cluster
+    from test_video import audio_packets, frame_pts, make_clip
+
+    pools = []
+    real = ray_cluster.replica_resources
+    monkeypatch.setattr(ray_cluster, "plan_replicas", lambda nodes, cpus: (2, {"num_cpus": 0.5}))
+    monkeypatch.setattr("osediff.batch.ray_engine.replica_resources",
+                        lambda *args: pools.append(real(*args)) or pools[-1])
+    src = tmp_path / "in"
+    src.mkdir()
+    make_clip(src / "long.mp4", [i * 512 for i in range(24)], size=(16, 12), audio_seconds=1.0)
+    make_clip(src / "short.mp4", [i * 512 for i in range(12)], size=(16, 12))
+    Image.new("RGB", (16, 12), "blue").save(src / "still.png")
+    local_ray.write_text("armed")  # the first replica batch to see it kills its worker process
+    out = tmp_path / "out"
+    assert upscale(str(src), "-o", str(out), "--segment-seconds", "0.25") == 0
+    assert pools[0]["compute"].min_size == 2 and pools[0]["num_cpus"] == 0.5
+    assert not local_ray.exists() and local_ray.with_name("kill-once.fired").exists()  # a worker did die
+    rows = {os.path.basename(r["input"]): r for r in manifest(out)}
+    assert {name: (r["status"], r.get("frames"), r.get("segments")) for name, r in rows.items()} == {
+        "long.mp4": ("written", 24, 4), "short.mp4": ("written", 12, 2), "still.png": ("written", None, None)}
+    assert frame_pts(out / "long.mp4") == [i * 512 for i in range(24)]
+    assert frame_pts(out / "short.mp4") == [i * 512 for i in range(12)]
+    assert audio_packets(out / "long.mp4") == audio_packets(src / "long.mp4")
+    assert sorted(p.name for p in out.iterdir()) == sorted([MANIFEST_NAME, "long.mp4", "short.mp4", "still.png"])

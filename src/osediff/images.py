@@ -16,6 +16,8 @@ from .errors import OSEDiffError, as_python_argument
 from .fileio import atomic_write
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif")
+# video containers the batch runner reads frame by frame (osediff.video); the output keeps the container
+VIDEO_SUFFIXES = (".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi")
 DEFAULT_MAX_PIXELS = 4096 * 4096
 
 
@@ -148,18 +150,24 @@ def is_image_file(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".") and path.is_file()
 
 
-def list_images(folder: str | os.PathLike) -> list[Path]:
-    """The image files directly in ``folder``, sorted by name."""
-    return sorted(p for p in Path(folder).iterdir() if is_image_file(p))
+def is_video(path: str | os.PathLike) -> bool:
+    """A video container by its suffix (a path or URI)."""
+    return os.path.splitext(str(path))[1].lower() in VIDEO_SUFFIXES
+
+
+def list_images(folder: str | os.PathLike, *, videos: bool = False) -> list[Path]:
+    """The image files (and with ``videos``, the video files) directly in ``folder``, sorted by name."""
+    return sorted(p for p in Path(folder).iterdir()
+                  if is_image_file(p) or (videos and is_video(p) and not p.name.startswith(".") and p.is_file()))
 
 
 def collect_inputs(specs: list[str]) -> list[Path]:
-    """Files, folders (non-recursive, image suffixes) and glob patterns, de-duplicated, in order."""
+    """Files, folders (non-recursive: images and videos by suffix) and glob patterns, de-duplicated, in order."""
     found: list[Path] = []
     for spec in specs:
         path = Path(spec).expanduser()
         if path.is_dir():
-            found.extend(list_images(path))
+            found.extend(list_images(path, videos=True))
         elif any(ch in spec for ch in "*?["):
             anchor = Path(path.anchor) if path.is_absolute() else Path()
             pattern = str(path.relative_to(anchor)) if path.is_absolute() else spec

@@ -16,6 +16,7 @@ from typing import Any
 
 from PIL import Image
 
+from .images import VIDEO_SUFFIXES
 from .params import KEEP_FORMAT, OUTPUT_FORMATS
 
 # input suffixes that "same" does not keep: formats with no lossless RGB(A) 8-bit writer we use
@@ -24,9 +25,12 @@ MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp", "
 
 
 def output_name(src: str | os.PathLike, fmt: str) -> str:
-    """The output file name of input ``src`` (a path or URI): its stem and the format's suffix."""
+    """The output file name of input ``src`` (a path or URI): its stem and the format's suffix (a
+    video keeps its container)."""
     src = PurePosixPath(str(src).replace(os.sep, "/"))
-    if fmt == KEEP_FORMAT:
+    if src.suffix.lower() in VIDEO_SUFFIXES:
+        suffix = src.suffix.lower()
+    elif fmt == KEEP_FORMAT:
         suffix = src.suffix.lower()
         suffix = _SAME_AS.get(suffix, suffix)
     else:

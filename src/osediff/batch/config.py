@@ -15,6 +15,7 @@ from ..images import DEFAULT_MAX_PIXELS
 from ..model_files import ModelOptions
 from ..params import UpscaleParams
 from ..prompts import known_prompt_extractor
+from ..video.options import VideoOptions
 
 # extractors that need no model file: the user's text or nothing
 TEXT_EXTRACTORS = ("none", "text")
@@ -34,6 +35,7 @@ class BatchConfig:
     each image's saved prompt replaces the extractor). ``rank``/``world`` take every ``world``-th
     input from ``rank`` on, as processes under ``accelerate launch`` do. Images go through the
     model ``batch_size`` of one size at a time, read ``model.prompt_batch_size`` at a time.
+    ``video``: how video inputs are cut, prompted and encoded (:mod:`osediff.video`).
     ``storage_options`` (the Ray engine's URIs): options of the object stores its ``s3://``/``gs://``
     inputs and output live in (``endpoint_override``, ``region``, ``anonymous``, credentials...; see
     :mod:`osediff.batch.storage`); they travel with the config to every node.
@@ -52,6 +54,7 @@ class BatchConfig:
     rank: int = 0
     world: int = 1
     storage_options: dict[str, Any] = field(default_factory=dict)
+    video: VideoOptions = field(default_factory=VideoOptions)
 
     @property
     def needs_extractor(self) -> bool:
@@ -123,6 +126,8 @@ def check_writable_folder(folder: Path) -> None:
 def _check_options(config: BatchConfig, offered: Sequence[str] | None) -> None:
     if not isinstance(config.params, UpscaleParams):
         raise BatchConfigError(f"must be an UpscaleParams, got {config.params!r}", argument="params")
+    if not isinstance(config.video, VideoOptions):
+        raise BatchConfigError(f"must be a VideoOptions, got {config.video!r}", argument="video")
     name = config.params.prompt_extractor
     if offered is None:
         known_prompt_extractor(name)

@@ -28,7 +28,7 @@ from typing import Any
 
 from ..errors import OSEDiffError
 from ..fileio import first_line
-from ..images import ImageLoadError, LoadedImage, load_image
+from ..images import ImageLoadError, LoadedImage, is_video, load_image
 from ..outputs import output_name, plan_outputs
 from .config import BatchConfig, BatchConfigError, is_uri, validate
 from .manifest import MANIFEST_INTERVAL_S, MANIFEST_NAME, Manifest, new_run_id
@@ -36,12 +36,14 @@ from .ray_cluster import WAIT_NOTICE_S, RayEngineError, connect, import_ray, not
 from .runner import (
     FAILED,
     SKIPPED,
+    WRITTEN,
     BatchSummary,
     ImageRecord,
     RecordHook,
     chunk_size,
     find_batch_files,
     note_removed,
+    plan_videos,
     remove_stale_temporaries,
     upscale_chunk,
 )
@@ -103,18 +105,74 @@ def run_ray(config: BatchConfig, options: RayOptions, on_record: RecordHook | No
                                     "rename one of them or run it separately"))
         elif src in plan.skipped:
             summary.add(ImageRecord(src, out.path(output_name(src, fmt)), SKIPPED))
-    started_here = connect(options.address) if plan.todo else False
+    videos = _plan_videos(config, [src for src in plan.todo if is_video(src)], out, summary.add)
+    todo = [(src, sources[src], -1) for src in plan.todo if not is_video(src)]
+    todo += [(src, sources[src], k) for src, job in videos.items() for k in job.missing()]
+    for src in [src for src, job in videos.items() if not job.missing()]:  # every segment done before
+        summary.add(_finish_video(src, videos.pop(src), 0.0))
+    started_here = connect(options.address) if todo else False
     try:
-        if plan.todo:
+        if todo:
             _, params = find_batch_files(config)  # fail here, in one line, not in every replica
-            _stream(config, options, [(src, sources[src]) for src in plan.todo], chunk_size(config, params),
-                    summary.add)
+            _stream(config, options, todo, chunk_size(config, params), _VideoRecords(videos, summary.add))
     finally:
         summary.seconds = time.perf_counter() - started
         manifest.write(summary.records)
         if started_here:
             import_ray().shutdown()
     return summary
+
+
+def _plan_videos(config: BatchConfig, videos: list[str], out: Folder, record: RecordHook) -> dict:
+    """The videos' plans, made here once; their segments are rows of the stream like images. Their
+    work folders must be on a file system every node sees."""
+    if videos and (is_uri(config.output) and not str(config.output).startswith("file://")):
+        raise BatchConfigError(f"videos are written to a local or shared folder, not {strip_query(str(config.output))}",
+                               argument="output")
+    for src in videos:
+        if is_uri(src) and not src.startswith("file://"):
+            raise BatchConfigError(f"{src}: videos are read from a local or shared folder, not a URI",
+                                   argument="inputs")
+    return plan_videos(config, videos, out, record)
+
+
+class _VideoRecords:
+    """Rows of the stream -> records: an image's row is its record; a video's record comes when its
+    last segment is done (then muxed here), or at its first failed segment."""
+
+    def __init__(self, videos: dict, record: RecordHook) -> None:
+        self.videos, self.record = videos, record
+        self.left = {src: len(job.missing()) for src, job in videos.items()}
+        self.seconds = dict.fromkeys(videos, 0.0)
+
+    def __call__(self, rec: ImageRecord, segment: int) -> None:
+        if segment < 0:
+            self.record(rec)
+            return
+        if rec.input not in self.left:  # the video already failed
+            return
+        if rec.status == FAILED:
+            del self.left[rec.input]
+            self.record(rec)
+            return
+        self.seconds[rec.input] += rec.seconds
+        self.left[rec.input] -= 1
+        if not self.left[rec.input]:
+            del self.left[rec.input]
+            self.record(_finish_video(rec.input, self.videos[rec.input], self.seconds[rec.input]))
+
+
+def _finish_video(src: str, job, seconds: float) -> ImageRecord:
+    from ..video.runner import finish_video
+
+    saved = job.work / "prompt.txt"
+    prompt = saved.read_text(encoding="utf-8") if saved.is_file() else job.params.prompt
+    try:
+        finish_video(job)
+    except OSEDiffError as err:
+        return ImageRecord(src, str(job.output), FAILED, str(err))
+    return ImageRecord(src, str(job.output), WRITTEN, "", prompt, seconds,
+                       frames=len(job.info.frames), segments=len(job.segments))
 
 
 def _as_every_node_sees_it(config: BatchConfig) -> BatchConfig:
@@ -136,8 +194,10 @@ def _remove_stale_temporaries(config: BatchConfig, out: Folder, manifest: Manife
     note_removed(removed)
 
 
-def _stream(config: BatchConfig, options: RayOptions, todo: list[tuple[str, str]], chunk: int, record) -> None:
-    """``todo``: (input, source) pairs, the source being the input with its URI's storage query."""
+def _stream(config: BatchConfig, options: RayOptions, todo: list[tuple[str, str, int]], chunk: int,
+            record: _VideoRecords) -> None:
+    """``todo``: (input, source, segment): the source is the input with its URI's storage query; a
+    video's segment number (-1: an image)."""
     from tqdm import tqdm
 
     ray = import_ray()
@@ -148,7 +208,7 @@ def _stream(config: BatchConfig, options: RayOptions, todo: list[tuple[str, str]
         context.print_on_execution_start = False
         logging.getLogger("ray.data").setLevel(logging.ERROR)  # block-level chatter under our bar
         resources = replica_resources(ray, options.cpus_per_replica, options.replicas, len(todo), chunk)
-        items = [{"input": src, "source": source} for src, source in todo]
+        items = [{"input": src, "source": source, "segment": segment} for src, source, segment in todo]
         ds = ray.data.from_items(items, override_num_blocks=max(1, len(todo) // chunk))
         ds = ds.map_batches(_decode, batch_format="pandas", batch_size=chunk, num_cpus=min(1, resources["num_cpus"]),
                             fn_kwargs={"max_pixels": config.max_pixels, "storage_options": config.storage_options})
@@ -156,7 +216,8 @@ def _stream(config: BatchConfig, options: RayOptions, todo: list[tuple[str, str]
             # bounded restarts have no named parameter yet (Ray Data's default is to retry forever)
             warnings.filterwarnings("ignore", message=".*ray_remote_args.* is deprecated")
             ds = ds.map_batches(_Replica, batch_format="pandas", batch_size=chunk,
-                                fn_constructor_kwargs={"config": config}, max_restarts=options.max_restarts,
+                                fn_constructor_kwargs={"config": config, "videos": record.videos},
+                                max_restarts=options.max_restarts,
                                 max_task_retries=options.max_restarts, **resources)
         with tqdm(total=len(todo), unit="img", disable=not options.progress, dynamic_ncols=True) as bar:
             notice_if_waiting(waiting, options.wait_notice_s, resources, ray)
@@ -164,7 +225,7 @@ def _stream(config: BatchConfig, options: RayOptions, todo: list[tuple[str, str]
                 waiting.set()
                 rec = ImageRecord(**{key: row[key] for key in ("input", "output", "status", "error", "prompt")},
                                   seconds=float(row["seconds"]))
-                record(rec)
+                record(rec, int(row["segment"]))
                 bar.update()
     except ray.exceptions.RayError as err:
         raise RayEngineError(f"the Ray job failed: {str(err).strip().splitlines()[-1]}") from None
@@ -182,8 +243,12 @@ def _decode(batch, max_pixels: int | None, storage_options: Mapping[str, Any] | 
 
     rows = []
     sources = batch["source"] if "source" in batch else batch["input"]
-    for src, source in zip(batch["input"], sources, strict=True):
-        row = {"input": src, "error": "", "width": 0, "height": 0, "rgb": b"", "alpha": b""}
+    segments = batch["segment"] if "segment" in batch else [-1] * len(batch["input"])
+    for src, source, segment in zip(batch["input"], sources, segments, strict=True):
+        row = {"input": src, "error": "", "width": 0, "height": 0, "rgb": b"", "alpha": b"", "segment": segment}
+        if segment >= 0:  # a video's segment: its replica decodes it
+            rows.append(row)
+            continue
         try:
             data = read_bytes(source, storage_options) if is_uri(source) else source
             loaded = load_image(data, max_pixels=max_pixels, name=src)
@@ -201,10 +266,10 @@ def _decode(batch, max_pixels: int | None, storage_options: Mapping[str, Any] | 
 class _Replica:
     """One model replica: loaded once, then the per-image step and the writes for each batch it is given."""
 
-    def __init__(self, config: BatchConfig) -> None:
+    def __init__(self, config: BatchConfig, videos: dict | None = None) -> None:
         from .runner import load_batch_upscaler
 
-        self.config = config
+        self.config, self.videos = config, videos or {}
         files, self.params = find_batch_files(config)  # this node's own caches
         self.upscaler = load_batch_upscaler(config, files, self.params)
         self.out = Folder(config.output, config.storage_options)
@@ -214,8 +279,11 @@ class _Replica:
         from PIL import Image
 
         config = self.config
-        records, loaded = [], []
+        records, loaded, segments = [], [], []
         for row in batch.itertuples(index=False):
+            if row.segment >= 0:
+                segments.append(self._segment(row.input, int(row.segment)))
+                continue
             if row.error:
                 records.append(ImageRecord(row.input, self.out.path(output_name(row.input, config.params.format)),
                                            FAILED, row.error))
@@ -223,9 +291,27 @@ class _Replica:
             size = (int(row.width), int(row.height))
             alpha = Image.frombytes("L", size, row.alpha) if len(row.alpha) else None
             loaded.append((row.input, LoadedImage(Image.frombytes("RGB", size, row.rgb), alpha)))
-        records.extend(upscale_chunk(self.upscaler, config, self.params, loaded, self.out))
-        return pd.DataFrame([rec.as_dict() for rec in records],
-                            columns=["input", "output", "status", "error", "prompt", "seconds"])
+        rows = [{**rec.as_dict(), "segment": -1} for rec in upscale_chunk(self.upscaler, config, self.params, loaded,
+                                                                          self.out)]
+        rows += [{**rec.as_dict(), "segment": -1} for rec in records] + segments
+        return pd.DataFrame(rows, columns=["input", "output", "status", "error", "prompt", "seconds", "segment"])
+
+    def _segment(self, src: str, index: int) -> dict:
+        """One segment of a video into its part file (skipped when a retried batch finds it there)."""
+        import torch
+
+        from ..video.runner import clip_prompt, upscale_segment
+
+        job, started = self.videos[src], time.perf_counter()
+        row = {"input": src, "output": str(job.part(index)), "status": WRITTEN, "error": "", "prompt": "",
+               "segment": index}
+        try:
+            if not job.part(index).is_file():
+                upscale_segment(self.upscaler, job, index, clip_prompt(self.upscaler, job), self.config.batch_size)
+        except (OSEDiffError, OSError, torch.cuda.OutOfMemoryError) as err:
+            said = first_line(err)
+            row.update(status=FAILED, error=said if said.startswith(src) else f"{src}: {said}")
+        return {**row, "seconds": time.perf_counter() - started}
 
 
 def run_on_ray(config: BatchConfig, options: RayOptions) -> int:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from ..checkpoint.hub import ModelNotFoundError, Option
 from ..errors import OSEDiffError
 from ..fileio import first_line
-from ..images import ImageLoadError, LoadedImage, collect_inputs, load_image
+from ..images import ImageLoadError, LoadedImage, collect_inputs, is_video, load_image
 from ..model_files import ModelFiles, find_model_files
 from ..outputs import OutputPlan, output_name, plan_outputs
 from ..params import UpscaleParams
@@ -46,9 +46,11 @@ class ImageRecord:
     error: str = ""
     prompt: str = ""
     seconds: float = 0.0
+    frames: int | None = None  # videos: frames written, and the segments they were done in
+    segments: int | None = None
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        return {key: value for key, value in asdict(self).items() if value is not None}
 
 
 RecordHook = Callable[[ImageRecord], None]
@@ -110,6 +112,7 @@ def run(config: BatchConfig, *, upscaler: Upscaler | OSEDiffPipeline | None = No
     summary = BatchSummary(str(config.output), on_record=on_record)
     note_removed(remove_stale_temporaries(config, out, plan.todo, time.time()))
     params, owned = config.params, upscaler is None
+    videos = plan_videos(config, [src for src in plan.todo if is_video(src)], out, summary.add)
     if plan.todo and upscaler is None:
         files, params = find_batch_files(config)
         upscaler = load_batch_upscaler(config, files, params)
@@ -117,15 +120,50 @@ def run(config: BatchConfig, *, upscaler: Upscaler | OSEDiffPipeline | None = No
         on_start(len(plan.todo) + len(plan.skipped) + len(plan.clashes))
     for src in plan.skipped:
         summary.add(ImageRecord(str(src), out.path(output_name(src, params.format)), SKIPPED))
-    pending = [src for src in inputs[config.rank::config.world] if src not in set(plan.skipped)]
+    pending = [src for src in inputs[config.rank::config.world] if src not in set(plan.skipped) and not is_video(src)]
     chunk = chunk_size(config, params)
     for first in range(0, len(pending), chunk):
         loaded = list(_load(config, pending[first:first + chunk], plan, out, summary.add))
-        last = first + chunk >= len(pending)
+        last = first + chunk >= len(pending) and not videos
         for record in upscale_chunk(upscaler, config, params, loaded, out, release_prompt_models=owned and last):
             summary.add(record)
+    for src, job in videos.items():
+        summary.add(upscale_one_video(upscaler, config, src, job))
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def plan_videos(config: BatchConfig, videos: Sequence, out: Folder, record: RecordHook) -> dict:
+    """Each video's plan (probed, its work folder set up) before any model loads; a video that
+    cannot be read gets its failed record here. An unusable encoder stops the job."""
+    from ..video.probe import VideoReadError
+    from ..video.runner import plan_video
+
+    jobs = {}
+    for src in videos:
+        dst = out.path(output_name(src, config.params.format))
+        try:
+            jobs[src] = plan_video(src, Path(dst), config.params, config.video, max_pixels=config.max_pixels)
+        except (VideoReadError, OSError) as err:
+            record(ImageRecord(str(src), dst, FAILED, first_line(err) if isinstance(err, OSError) else str(err)))
+    return jobs
+
+
+def upscale_one_video(upscaler: Upscaler, config: BatchConfig, src, job) -> ImageRecord:
+    """One planned video through the step; a read, write or model failure fails this video only."""
+    import torch
+
+    from ..video.runner import upscale_video
+
+    try:
+        result = upscale_video(upscaler, job, config.batch_size, report=lambda line: print(line, file=sys.stderr))
+    except (OSEDiffError, OSError, torch.cuda.OutOfMemoryError) as err:
+        said = first_line(err)
+        return ImageRecord(str(src), str(job.output), FAILED, said if said.startswith(str(src)) else f"{src}: {said}")
+    note = f" (resumed: {result.reused} of {result.segments} segments were done)" if result.reused else ""
+    print(f"{src}: {result.frames} frames in {result.segments} segments with {result.encoder}{note}", file=sys.stderr)
+    return ImageRecord(str(src), str(result.output), WRITTEN, "", result.prompt, result.seconds,
+                       frames=result.frames, segments=result.segments)
 
 
 def find_batch_files(config: BatchConfig) -> tuple[ModelFiles, UpscaleParams]:

@@ -19,15 +19,18 @@ from ..batch.storage import parse_storage_options
 from ..images import DEFAULT_MAX_PIXELS
 from ..params import ALIGN_METHODS, LATENT_MODES, OUTPUT_FORMATS, VAE_MAPS, ParamError, TileConfig, UpscaleParams
 from ..prompts import available_prompt_extractors
+from ..video.options import VideoOptions, parse_bitrate
 from .options import add_model_options, model_options_from_args
 
 TILES = TileConfig()  # the flags' defaults
 
 
 def add_command(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("upscale", help="super-resolve images", description=__doc__, allow_abbrev=False)
+    p = subparsers.add_parser("upscale", help="super-resolve images and videos", description=__doc__,
+                              allow_abbrev=False)
     p.add_argument("inputs", nargs="+", metavar="INPUT",
-                   help="image files, folders or glob patterns (with --engine ray also s3://, gs://, file:// URIs)")
+                   help="image or video files, folders or glob patterns (with --engine ray also s3://, gs://, "
+                        "file:// URIs)")
     p.add_argument("-o", "--output", required=True, help="output folder (with --engine ray also a URI)")
     p.add_argument("-s", "--upscale", type=float, default=None,
                    help="upscale factor, any value >= 1 (default: the preset's, 4 for osediff)")
@@ -93,6 +96,23 @@ def add_command(subparsers: argparse._SubParsersAction) -> None:
                      help="skip inputs whose output exists (how an interrupted run, local or Ray, resumes)")
     out.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
                      help="refuse inputs with more pixels than this")
+    video = p.add_argument_group("videos (mp4, mov, m4v, mkv, webm, avi inputs; needs osediff[video])")
+    video.add_argument("--video-codec", default="auto",
+                       help="encoder (auto: H.264 where the container takes it, else the best installed; e.g. "
+                            "libx264, libx265, libsvtav1, libvpx-vp9)")
+    video.add_argument("--video-crf", type=int, default=None,
+                       help="constant quality, lower is better (default 18 for H.264, 20 H.265, 30 VP9/AV1)")
+    video.add_argument("--video-bitrate", default=None, help="bits/s instead of --video-crf, e.g. 8M or 2500k")
+    video.add_argument("--segment-seconds", type=float, default=5.0,
+                       help="work is done and kept in segments of about this long (cut on keyframes): an "
+                            "interrupted run resumes from the first missing one")
+    video.add_argument("--prompt-every", type=int, default=None, metavar="N",
+                       help="a new extracted prompt every N frames (default: one prompt per clip, from "
+                            "--prompt-frames frames spread over it)")
+    video.add_argument("--prompt-frames", type=int, default=3, help="frames sampled for the clip's prompt")
+    video.add_argument("--start", type=float, default=0.0, help="seconds of each video to skip")
+    video.add_argument("--duration", type=float, default=None, help="seconds of each video to do")
+    video.add_argument("--max-frames", type=int, default=None, help="frames of each video to do, at most")
     engine = p.add_argument_group("engine")
     engine.add_argument("--engine", choices=("local", "ray"), default="local",
                         help="local: this process (one share per process under accelerate); ray: Ray Data over a "
@@ -135,7 +155,12 @@ def config_from_args(args: argparse.Namespace) -> BatchConfig:
                        prompts_from=args.prompts_from, save_prompts=args.save_prompts,
                        skip_existing=args.skip_existing, max_pixels=args.max_pixels, batch_size=args.batch_size,
                        rank=int(os.environ.get("RANK", 0)), world=int(os.environ.get("WORLD_SIZE", 1)),
-                       storage_options=parse_storage_options(args.storage_option))
+                       storage_options=parse_storage_options(args.storage_option),
+                       video=VideoOptions(codec=args.video_codec, crf=args.video_crf,
+                                          bitrate=args.video_bitrate and parse_bitrate(args.video_bitrate),
+                                          segment_seconds=args.segment_seconds, prompt_every=args.prompt_every,
+                                          prompt_frames=args.prompt_frames, start=args.start, duration=args.duration,
+                                          max_frames=args.max_frames))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -172,6 +172,15 @@ class Upscaler:
                     output.timings = {"extract": extract_s[index], **output.timings}
                 yield index, output
 
+    def prompts_for(self, images: Sequence[Image.Image], params: UpscaleParams) -> list[str]:
+        """The prompts the step would give ``images`` under ``params`` (one extractor call on their
+        pre-upscales), for callers that fix one prompt for many images: a video's frames."""
+        requests = [(LoadedImage(image.convert("RGB"), None), params) for image in images]
+        prompts, _, failed = self._extract(requests, [bicubic_upscale(image, params.upscale) for image in images])
+        if failed:
+            raise next(iter(failed.values()))
+        return [prompt or "" for prompt in prompts]
+
     def _extract(self, requests: Sequence[Request], upscaled: list[Image.Image]
                  ) -> tuple[list[str | None], list[float], dict[int, Exception]]:
         """Final prompts and seconds, one extractor call per (extractor, user prompt); and the failures."""
