@@ -170,6 +170,28 @@ def test_a_killed_run_resumes_and_writes_each_segment_once(tiny_base_dir, tiny_p
     assert audio_packets(out / "clip.mp4") == audio_packets(clip)
 
 
+def test_matroska_keeps_its_container_timestamps_and_colour_tags(upscaler, tmp_path):
+    src = tmp_path / "tagged.mkv"
+    with av.open(str(src), "w") as out:  # full range, BT.709: tags a decoder needs to show the colours right
+        video = out.add_stream("libx264", rate=24)
+        video.width, video.height, video.pix_fmt = 16, 12, "yuv420p"
+        tags = {"color_range": 2, "colorspace": 1, "color_primaries": 1, "color_trc": 1}
+        for tag, value in tags.items():
+            setattr(video.codec_context, tag, value)
+        for i in range(6):
+            frame = av.VideoFrame.from_ndarray(np.full((12, 16, 3), 40 * i, np.uint8), format="rgb24")
+            frame = frame.reformat(format="yuv420p", dst_colorspace=1, dst_color_range=2)
+            frame.pts = i
+            out.mux(video.encode(frame))
+        out.mux(video.encode())
+    assert run(job([src], tmp_path / "out"), upscaler=upscaler).written == 1
+    with av.open(str(tmp_path / "out" / "tagged.mkv")) as container:
+        context = container.streams.video[0].codec_context
+        assert {tag: int(getattr(context, tag)) for tag in tags} == tags
+        assert container.format.name.startswith("matroska")
+    assert frame_pts(tmp_path / "out" / "tagged.mkv") == frame_pts(src)
+
+
 def test_one_prompt_per_clip_is_the_tags_most_frames_share():
     assert merge_prompts(["car, street, sky", "street, car, tree", "street, dog"]) == "car, street"
     assert merge_prompts(["a cat"]) == "a cat"
