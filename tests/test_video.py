@@ -192,6 +192,33 @@ def test_matroska_keeps_its_container_timestamps_and_colour_tags(upscaler, tmp_p
     assert frame_pts(tmp_path / "out" / "tagged.mkv") == frame_pts(src)
 
 
+def test_one_prompt_per_clip_or_one_per_run_of_frames(fresh_components, tiny_weights, single_thread, tmp_path):
+    from osediff.prompts.offered import PromptExtractors
+
+    calls = []
+
+    def tagger(images, user_prompt):  # a stand-in for DAPE: tags by brightness
+        calls.append(len(images))
+        return [("bright, " if np.asarray(image).mean() > 128 else "dark, ") + "noise" for image in images]
+
+    pipe = OSEDiffPipeline(fresh_components)
+    pipe.load_weights(tiny_weights)
+    upscaler = Upscaler(pipe, PromptExtractors(built={"dape": tagger}))
+    encoded = []
+    real_encode = pipe.encode_prompt
+    upscaler.prompts._encode = lambda prompt: encoded.append(prompt) or real_encode(prompt)
+    clip = make_clip(tmp_path / "clip.mp4", [i * 512 for i in range(8)], size=(16, 12))  # brightens frame by frame
+    params = UpscaleParams(upscale=2.0, prompt_extractor="dape")
+    config = BatchConfig(inputs=[str(clip)], output=tmp_path / "a", params=params, batch_size=4)
+    record = run(config, upscaler=upscaler).records[0]
+    assert calls == [3] and encoded == [record.prompt] == ["noise, bright"]  # 2 of the 3 sampled frames are bright
+    calls.clear()
+    config = BatchConfig(inputs=[str(clip)], output=tmp_path / "b", params=params, batch_size=4,
+                         video=VideoOptions(prompt_every=3))
+    assert run(config, upscaler=upscaler).written == 1
+    assert calls == [1, 1, 1]  # frames 0, 3 and 6 of the one segment start a run
+
+
 def test_one_prompt_per_clip_is_the_tags_most_frames_share():
     assert merge_prompts(["car, street, sky", "street, car, tree", "street, dog"]) == "car, street"
     assert merge_prompts(["a cat"]) == "a cat"
