@@ -228,3 +228,12 @@ def _loaded(image):
     from osediff.images import LoadedImage
 
     return LoadedImage(image, None)
+
+
+def test_a_run_that_fails_before_the_model_loads_leaves_no_folder(tiny_base_dir, tmp_path):
+    clip = make_clip(tmp_path / "clip.mp4", [0, 512])
+    done = subprocess.run([sys.executable, "-m", "osediff", "upscale", str(clip), "-o", str(tmp_path / "out"),
+                           "--base", str(tiny_base_dir), "--weights", str(tmp_path / "missing.pkl"),
+                           "--prompt-extractor", "text", "--offline"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "missing.pkl" in done.stderr
+    assert not (tmp_path / "out").exists()  # no work folder before the model is there

@@ -133,7 +133,12 @@ def _plan_videos(config: BatchConfig, videos: list[str], out: Folder, record: Re
         if is_uri(src) and not src.startswith("file://"):
             raise BatchConfigError(f"{src}: videos are read from a local or shared folder, not a URI",
                                    argument="inputs")
-    return plan_videos(config, videos, out, record)
+    from ..video.runner import prepare_work
+
+    jobs = plan_videos(config, videos, out, record)
+    for job in jobs.values():
+        prepare_work(job)
+    return jobs
 
 
 class _VideoRecords:

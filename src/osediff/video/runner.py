@@ -21,7 +21,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -63,6 +63,7 @@ class VideoJob:
     segments: list[tuple[int, int]]
     work: Path  # the work folder beside the output
     output: Path
+    plan: dict = field(default_factory=dict)  # what the work folder's parts were made for
 
     def part(self, index: int) -> Path:
         # NUT keeps any time base exactly (MP4's edit lists round a segment's start to milliseconds)
@@ -74,7 +75,7 @@ class VideoJob:
 
 def plan_video(source: str | os.PathLike, output: Path, params: UpscaleParams, options: VideoOptions, *,
                max_pixels: int | None = None) -> VideoJob:
-    """Probe ``source`` and set up (or take up again) its work folder; no model is needed."""
+    """Probe ``source`` and plan its segments; nothing is written (:func:`prepare_work` does that)."""
     info = probe(source, options)
     if max_pixels is not None and info.width * info.height > max_pixels:
         raise VideoReadError(f"{source}: {info.width}x{info.height} frames are over --max-pixels {max_pixels}")
@@ -83,20 +84,26 @@ def plan_video(source: str | os.PathLike, output: Path, params: UpscaleParams, o
     job = VideoJob(info, params, options, encoder, size, info.segments(options.segment_seconds),
                    output.parent / f".{output.name}.parts", output)
     stat = os.stat(source)
-    plan = {"source": os.path.abspath(source), "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns,
-            "params": repr(params.model_key), "prompt": [params.prompt_extractor, params.prompt],
-            "video": options.as_dict(), "encoder": encoder, "size": list(size), "segments": job.segments}
+    job.plan = {"source": os.path.abspath(source), "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns,
+                "params": repr(params.model_key), "prompt": [params.prompt_extractor, params.prompt],
+                "video": options.as_dict(), "encoder": encoder, "size": list(size), "segments": job.segments}
+    return job
+
+
+def prepare_work(job: VideoJob) -> None:
+    """Take up the work folder an interrupted run left if its plan is this one, else start it
+    afresh; remove what that run's atomic writes left half-written. Runs before any segment is
+    done (and on Ray, on the driver before any replica starts)."""
     saved = job.work / "plan.json"
     try:
-        same = json.loads(saved.read_text(encoding="utf-8")) == json.loads(json.dumps(plan))
+        same = json.loads(saved.read_text(encoding="utf-8")) == json.loads(json.dumps(job.plan))
     except (OSError, ValueError):
         same = False
     if not same:
         shutil.rmtree(job.work, ignore_errors=True)
-        atomic_write(saved, lambda tmp: tmp.write_text(json.dumps(plan, indent=1), encoding="utf-8"))
-    for partial in job.work.glob(".*"):  # what a killed run's atomic writes left (before any replica starts)
+        atomic_write(saved, lambda tmp: tmp.write_text(json.dumps(job.plan, indent=1), encoding="utf-8"))
+    for partial in job.work.glob(".*"):
         partial.unlink(missing_ok=True)
-    return job
 
 
 def clip_prompt(upscaler: Upscaler, job: VideoJob) -> str | None:
@@ -180,6 +187,7 @@ def upscale_video(upscaler: Upscaler, job: VideoJob, batch_size: int,
                   report: Callable[[str], None] = lambda line: None) -> VideoResult:
     """Every missing segment of ``job``, then the mux; progress (frames/s, ETA) through ``report``."""
     started = time.perf_counter()
+    prepare_work(job)
     todo, total = job.missing(), len(job.info.frames)
     reused = len(job.segments) - len(todo)
     prompt = clip_prompt(upscaler, job)
