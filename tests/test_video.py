@@ -237,3 +237,12 @@ def test_a_run_that_fails_before_the_model_loads_leaves_no_folder(tiny_base_dir,
                            "--prompt-extractor", "text", "--offline"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "missing.pkl" in done.stderr
     assert not (tmp_path / "out").exists()  # no work folder before the model is there
+
+
+def test_an_encoder_failure_fails_that_video_in_one_line(upscaler, tmp_path):
+    odd = make_clip(tmp_path / "odd.mp4", [i * 512 for i in range(7)], size=(21, 13))
+    summary = run(job([odd], tmp_path / "out", upscale=3.0, codec="mpeg4"), upscaler=upscaler)
+    record = summary.records[0]
+    assert record.status == "failed" and "\n" not in record.error
+    assert record.error.startswith(f"{odd}: mpeg4 needs an even output size, got 63x39")
+    assert not (tmp_path / "out" / "odd.mp4").exists()

@@ -169,11 +169,17 @@ def upscale_segment(upscaler: Upscaler, job: VideoJob, index: int, prompt: str |
                     frame_params = params.replace(prompt=run_prompt, prompt_extractor="text")
                 requests.append((_loaded(image), frame_params))
                 position += 1
-            for (pts, _), result in zip(batch, upscaler.upscale(requests, max_batch=batch_size), strict=True):
-                _put(upscaled, (pts, result.image), stop)
-        _put(upscaled, _END, stop)
-    except BaseException:
+            results = upscaler.upscale(requests, max_batch=batch_size)
+            if not all(_put(upscaled, (pts, result.image), stop) for (pts, _), result in zip(batch, results,
+                                                                                            strict=True)):
+                break  # the encoder failed: its error is raised below
+        else:
+            _put(upscaled, _END, stop)
+    except BaseException as err:
         stop.set()
+        writer.join()
+        if failures and isinstance(err, InterruptedError):  # stopped by the encoder's failure: that one
+            raise failures[0] from None
         raise
     finally:
         writer.join()
