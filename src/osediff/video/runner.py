@@ -28,7 +28,9 @@ from typing import TYPE_CHECKING, Any
 from PIL import Image
 
 from ..fileio import atomic_write
+from ..images import LoadedImage
 from ..params import UpscaleParams
+from ..prompts.offered import ALWAYS_OFFERED
 from .codec import choose_encoder, encode_segment, mux, output_size
 from .options import VideoOptions
 from .probe import VideoInfo, VideoReadError, decode_frames, probe
@@ -36,7 +38,6 @@ from .probe import VideoInfo, VideoReadError, decode_frames, probe
 if TYPE_CHECKING:
     from ..pipeline import Upscaler
 
-TEXT_EXTRACTORS = ("none", "text")
 QUEUE_BATCHES = 2  # batches waiting on each side of the model: decoding and encoding overlap it
 
 
@@ -111,7 +112,7 @@ def clip_prompt(upscaler: Upscaler, job: VideoJob) -> str | None:
     most of ``prompt_frames`` evenly spaced frames (None: each frame's own, with ``prompt_every``;
     or no extractor to run)."""
     params = job.params
-    if params.prompt_extractor in TEXT_EXTRACTORS or job.options.prompt_every is not None:
+    if params.prompt_extractor in ALWAYS_OFFERED or job.options.prompt_every is not None:
         return None
     saved = job.work / "prompt.txt"
     if saved.is_file():
@@ -155,7 +156,7 @@ def upscale_segment(upscaler: Upscaler, job: VideoJob, index: int, prompt: str |
     writer = threading.Thread(target=encode, daemon=True)
     reader.start()
     writer.start()
-    every = job.options.prompt_every if params.prompt_extractor not in TEXT_EXTRACTORS else None
+    every = job.options.prompt_every if params.prompt_extractor not in ALWAYS_OFFERED else None
     run_prompt = ""
     try:
         position = 0  # within the segment: a run of ``prompt_every`` frames starts at each segment
@@ -167,7 +168,7 @@ def upscale_segment(upscaler: Upscaler, job: VideoJob, index: int, prompt: str |
                     if position % every == 0:
                         run_prompt = upscaler.prompts_for([image], params)[0]
                     frame_params = params.replace(prompt=run_prompt, prompt_extractor="text")
-                requests.append((_loaded(image), frame_params))
+                requests.append((LoadedImage(image, None), frame_params))
                 position += 1
             results = upscaler.upscale(requests, max_batch=batch_size)
             if not all(_put(upscaled, (pts, result.image), stop) for (pts, _), result in zip(batch, results,
@@ -265,12 +266,6 @@ def _drain(source: queue.Queue, stop: threading.Event) -> Iterator[Any]:
         if isinstance(item, BaseException):
             raise item
         yield item
-
-
-def _loaded(image: Image.Image):
-    from ..images import LoadedImage
-
-    return LoadedImage(image, None)
 
 
 def _clock(seconds: float) -> str:
