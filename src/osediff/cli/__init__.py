@@ -34,6 +34,7 @@ COMMANDS: dict[str, str] = {
     "compare": "osediff.cli.compare",
     "serve": "osediff.cli.serve",
     "models": "osediff.cli.models",
+    "export": "osediff.cli.export",
 }
 
 

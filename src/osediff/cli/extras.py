@@ -19,13 +19,14 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "train": ("accelerate", "yaml", "tensorboard", "lpips", "torchvision"),
     "dape": ("timm",),
     "demo": ("gradio",),
+    "export": ("onnx", "onnxruntime"),
     "serve": ("ray", "fastapi", "uvicorn"),  # what ray[serve] adds to ray, found without importing ray (slow)
 }
 # module -> the package that provides it, where the names differ
 PACKAGES = {"cv2": "opencv-python-headless", "yaml": "pyyaml", "ray": "ray[serve]", "fastapi": "ray[serve]",
             "uvicorn": "ray[serve]"}
 # sub-command -> the extra it cannot run without
-COMMAND_EXTRAS = {"eval": "eval", "train": "train", "demo": "demo", "serve": "serve"}
+COMMAND_EXTRAS = {"eval": "eval", "train": "train", "demo": "demo", "serve": "serve", "export": "export"}
 # prompt extractors built on timm (RAM's Swin backbone), which the dape extra installs
 TIMM_EXTRACTORS = ("dape", "ram")
 

@@ -207,16 +207,11 @@ class OSEDiffPipeline:
         if guided and negative is None:
             raise PromptNotEncodedError("guidance other than 1 needs the negative prompt's embedding")
 
-        def contexts(prompts: torch.Tensor, count: int) -> torch.Tensor:
-            # tiles arrive as whole copies of the batch, one after the other
-            return prompts.expand(count, -1, -1) if prompts.shape[0] == 1 else prompts.repeat(count // prompts.shape[0],
-                                                                                                  1, 1)
-
         def unet(latents: torch.Tensor) -> torch.Tensor:
             latents, count = latents.to(self.dtype), latents.shape[0]
             if not guided:
-                return self.unet(latents, timestep, encoder_hidden_states=contexts(embedding, count)).sample
-            both = torch.cat([contexts(negative, count), contexts(embedding, count)])
+                return self.unet(latents, timestep, encoder_hidden_states=prompt_contexts(embedding, count)).sample
+            both = torch.cat([prompt_contexts(negative, count), prompt_contexts(embedding, count)])
             eps_negative, eps_prompt = self.unet(torch.cat([latents, latents]), timestep,
                                                  encoder_hidden_states=both).sample.float().chunk(2)
             return eps_negative + guidance * (eps_prompt - eps_negative)
@@ -261,7 +256,7 @@ class OSEDiffPipeline:
         """
         timings = {} if timings is None else timings
         height, width = x_l.shape[-2:]
-        padded = _pad_to_multiple(x_l * 2 - 1, VAE_MULTIPLE)
+        padded = pad_to_multiple(x_l * 2 - 1, VAE_MULTIPLE)
         with timed(timings, "vae_encode", self.device):
             generator = torch.Generator("cpu").manual_seed(seed) if seed is not None else None
             z_l = self.encode_latent(padded, tiles, latent, generator)
@@ -330,7 +325,13 @@ class OSEDiffPipeline:
         return Upscaler(self, offered).upscale(requests, output_type=output_type)
 
 
-def _pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
+def prompt_contexts(prompts: torch.Tensor, count: int) -> torch.Tensor:
+    """The UNet's context for ``count`` latents: tiles arrive as whole copies of the batch, one after
+    the other, and ``prompts`` holds one prompt for all or one per image of the batch."""
+    return prompts.expand(count, -1, -1) if prompts.shape[0] == 1 else prompts.repeat(count // prompts.shape[0], 1, 1)
+
+
+def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
     """Pad right/bottom so both sides divide ``multiple``; reflection keeps edge statistics natural."""
     pad_h, pad_w = (-x.shape[-2]) % multiple, (-x.shape[-1]) % multiple
     if not pad_h and not pad_w:
