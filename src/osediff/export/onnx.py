@@ -93,15 +93,13 @@ def export_onnx(pipe, out: Path, *, weights_sha256: str = "", opset: int = OPSET
     graphs = {
         "vae_encoder": (_Encoder(vae), (pixels,), ["x"], ["mean", "std"],
                         {"x": image_axes, "mean": image_axes, "std": image_axes}),
-        "unet": (_UNet(unet), (latents, torch.zeros(1, 77, d)), ["z"], ["eps"],
+        "unet": (_UNet(unet), (latents, torch.zeros(1, 77, d)), ["z", "context"], ["eps"],
                  {"z": image_axes, "context": {0: "batch"}, "eps": image_axes}),
         "vae_decoder": (_Decoder(vae), (latents,), ["z"], ["x"], {"z": image_axes, "x": image_axes}),
         "text_encoder": (_TextEncoder(text.eval()), (torch.zeros(1, 77, dtype=torch.long),), ["input_ids"],
                          ["hidden"], None),
     }
     for name, (module, args, inputs, outputs, axes) in graphs.items():
-        if name == "unet":
-            inputs = ["z", "context"]
         _export_graph(module, args, inputs, outputs, axes, out / name, opset)
     pipe.tokenizer.save_pretrained(out / "tokenizer")
     metadata = {"format": "onnx", "precision": "fp32", "opset": opset, "scaling_factor": sf,

@@ -18,9 +18,8 @@ import torch
 
 from ..diffusion import predict_x0
 from ..params import LatentMode, TileConfig
-from ..pipeline.model import VAE_MULTIPLE, pad_to_multiple, prompt_contexts
+from ..pipeline.model import VAE_MULTIPLE, guided_noise, pad_to_multiple
 from ..pipeline.timing import timed
-from ..tiling.latent import tiled_apply
 from .onnx import GRAPH_FILE, GRAPHS, METADATA, ExportError
 
 
@@ -56,6 +55,9 @@ class OnnxOneStepModel:
         feeds = {key: value.detach().cpu().numpy() for key, value in inputs.items()}
         return [torch.from_numpy(np.asarray(out)) for out in self.sessions[name].run(None, feeds)]
 
+    def _unet(self, latents: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        return self._run("unet", z=latents.float(), context=context.float())[0]
+
     def encode_prompt(self, prompt: str) -> torch.Tensor:
         if self.text_encoder is None:
             raise ExportError(f"prompt {prompt!r} was not among the prompts encoded before the text encoder went")
@@ -77,27 +79,10 @@ class OnnxOneStepModel:
                 mean = mean + std * torch.randn(mean.shape, generator=generator)
             z_l = mean * self.scaling_factor
         with timed(timings, "unet", self.device):
-            z_h = predict_x0(z_l, self._eps(z_l, embedding, tiles, guidance, negative), self.alpha_bar)
+            eps = guided_noise(self._unet, z_l, embedding, tiles, guidance=guidance, negative=negative)
+            z_h = predict_x0(z_l, eps, self.alpha_bar)
             if strength != 1.0:
                 z_h = z_l + strength * (z_h - z_l)
         with timed(timings, "vae_decode", self.device):
             x_h = self._run("vae_decoder", z=z_h.float())[0][..., :height, :width]
         return (x_h + 1) / 2
-
-    def _eps(self, z: torch.Tensor, embedding: torch.Tensor, tiles: TileConfig, guidance: float,
-             negative: torch.Tensor | None) -> torch.Tensor:
-        if guidance != 1.0 and negative is None:
-            raise ExportError("guidance other than 1 needs the negative prompt's embedding")
-
-        def unet(latents: torch.Tensor) -> torch.Tensor:
-            count = latents.shape[0]
-            if guidance == 1.0:
-                return self._run("unet", z=latents.float(), context=prompt_contexts(embedding, count).float())[0]
-            both = torch.cat([prompt_contexts(negative, count), prompt_contexts(embedding, count)]).float()
-            eps_negative, eps_prompt = self._run("unet", z=torch.cat([latents, latents]).float(),
-                                                 context=both)[0].chunk(2)
-            return eps_negative + guidance * (eps_prompt - eps_negative)
-
-        if not tiles.enabled:
-            return unet(z)
-        return tiled_apply(unet, z, tiles.latent_tile, tiles.latent_overlap, tiles.tiles_per_pass)

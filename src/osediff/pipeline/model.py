@@ -203,22 +203,9 @@ class OSEDiffPipeline:
         the positive prompt go through the UNet as one batch of two, in every tile alike.
         """
         timestep = torch.tensor([ONE_STEP_TIMESTEP], device=self.device)
-        guided = guidance != 1.0
-        if guided and negative is None:
-            raise PromptNotEncodedError("guidance other than 1 needs the negative prompt's embedding")
-
-        def unet(latents: torch.Tensor) -> torch.Tensor:
-            latents, count = latents.to(self.dtype), latents.shape[0]
-            if not guided:
-                return self.unet(latents, timestep, encoder_hidden_states=prompt_contexts(embedding, count)).sample
-            both = torch.cat([prompt_contexts(negative, count), prompt_contexts(embedding, count)])
-            eps_negative, eps_prompt = self.unet(torch.cat([latents, latents]), timestep,
-                                                 encoder_hidden_states=both).sample.float().chunk(2)
-            return eps_negative + guidance * (eps_prompt - eps_negative)
-
-        if not tiles.enabled:
-            return unet(z)
-        return tiled_apply(unet, z, tiles.latent_tile, tiles.latent_overlap, tiles.tiles_per_pass)
+        return guided_noise(lambda latents, context: self.unet(latents.to(self.dtype), timestep,
+                                                               encoder_hidden_states=context).sample,
+                            z, embedding, tiles, guidance=guidance, negative=negative)
 
     def denoise(self, z: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
         """One DDPM step from t=999 straight to x0, in fp32: eps errors are amplified 1/sqrt(abar)."""
@@ -323,6 +310,28 @@ class OSEDiffPipeline:
         loaded = [as_loaded_image(image, alpha) for image, alpha in zip(images, alphas, strict=True)]
         requests = [(image, params.replace(prompt=prompt or "")) for image, prompt in zip(loaded, prompts, strict=True)]
         return Upscaler(self, offered).upscale(requests, output_type=output_type)
+
+
+def guided_noise(unet: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], z: torch.Tensor,
+                 embedding: torch.Tensor, tiles: TileConfig, *, guidance: float = 1.0,
+                 negative: torch.Tensor | None = None) -> torch.Tensor:
+    """eps over ``z`` from ``unet(latents, contexts)`` (any runtime's UNet at t = 999), in latent tiles
+    when ``tiles`` says so; with ``guidance`` W != 1 the negative and the positive prompt run as one
+    batch of two and eps = eps(negative) + W (eps(c) - eps(negative))."""
+    if guidance != 1.0 and negative is None:
+        raise PromptNotEncodedError("guidance other than 1 needs the negative prompt's embedding")
+
+    def eps(latents: torch.Tensor) -> torch.Tensor:
+        count = latents.shape[0]
+        if guidance == 1.0:
+            return unet(latents, prompt_contexts(embedding, count))
+        both = torch.cat([prompt_contexts(negative, count), prompt_contexts(embedding, count)])
+        eps_negative, eps_prompt = unet(torch.cat([latents, latents]), both).float().chunk(2)
+        return eps_negative + guidance * (eps_prompt - eps_negative)
+
+    if not tiles.enabled:
+        return eps(z)
+    return tiled_apply(eps, z, tiles.latent_tile, tiles.latent_overlap, tiles.tiles_per_pass)
 
 
 def prompt_contexts(prompts: torch.Tensor, count: int) -> torch.Tensor:

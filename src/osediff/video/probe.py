@@ -43,10 +43,6 @@ class VideoInfo:
     colour: tuple[tuple[str, int], ...]  # COLOUR_TAGS of the stream
     other_streams: tuple[str, ...]  # "audio aac", "subtitle mov_text": copied as they are
 
-    @property
-    def seconds(self) -> float:
-        return float((self.end - (self.frames[0] if self.frames else 0)) * self.time_base)
-
     def segments(self, seconds: float) -> list[tuple[int, int]]:
         """Frame index ranges of about ``seconds`` each, cut on a keyframe where one comes within
         twice that, else where the time is up (such a segment decodes from the keyframe before it)."""
@@ -131,9 +127,9 @@ def decode_frames(info: VideoInfo, first: int, end: int) -> Iterator[tuple[int, 
         remaining, done = set(wanted), 0
         try:
             for frame in container.decode(stream):
+                if frame.pts is not None and frame.pts > wanted[-1]:
+                    break  # frames come out in presentation order: a missing one will not come
                 if frame.pts not in remaining:
-                    if frame.pts is not None and frame.pts > wanted[-1] and not remaining:
-                        break
                     continue
                 remaining.discard(frame.pts)
                 yield frame.pts, frame.to_image()
