@@ -2,6 +2,7 @@
 
     python benchmarks/drift.py --device cuda            # fp16, bf16 and tiled vs fp32, 256->1024
     python benchmarks/drift.py --device cpu --size 128  # bf16 on CPUs with native support
+    python benchmarks/drift.py --int8 --size 128        # OpenVINO int8 vs fp32 export (benchmarks/int8_drift.py)
 
 Differences are in 8-bit levels of the final image (0..255); the model is the full-size random
 SD-2.1-base of benchmarks/random_model.py unless --base/--weights name real ones.
@@ -35,10 +36,21 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--size", type=int, default=256, help="LR size (x4)")
     parser.add_argument("--dtypes", default="fp16,bf16")
+    parser.add_argument("--int8", action="store_true", help="int8 OpenVINO exports against the fp32 export")
+    parser.add_argument("--keep", action="append", default=[],
+                        help="with --int8, one more variant: GRAPH=REGEX,REGEX[;GRAPH=...] kept fp32")
+    parser.add_argument("--work", type=Path, default=Path("/tmp/osediff-int8-drift"), help="with --int8: exports")
     args = parser.parse_args()
     if args.base is None:
         base, weights = make_random_model(Path("/tmp/osediff-sd21-full"))
         args.base, args.weights = str(base), str(weights)
+    if args.int8:
+        from _cpu import cpu_line
+        from int8_drift import parse_keep, run_int8
+
+        print(f"CPU: {cpu_line()}")
+        run_int8(args.base, args.weights, args.size, parse_keep(args.keep), args.work)
+        return
     image = lr_images(args.size, 1)[0]
     pipe = OSEDiffPipeline.from_pretrained(args.base, args.weights, device=args.device, dtype="fp32").optimize()
     reference = run(pipe, image, UNTILED)

@@ -30,7 +30,6 @@ import io
 import json
 import multiprocessing
 import os
-import platform
 import signal
 import socket
 import subprocess
@@ -47,6 +46,7 @@ import psutil
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _cpu import cpu_description
 from random_model import make_random_model
 
 START_TIMEOUT = 900
@@ -404,15 +404,6 @@ def log_summary(log: Path) -> str:
     noisy = [line for line in lines[start:] if "osediff.access" not in line
              and any(word in line for word in ("WARNING", "ERROR", "Traceback", "Exception"))]
     return f"{access} access lines, {len(noisy)} warning/error lines" + (f" (first: {noisy[0][:160]})" if noisy else "")
-
-
-def cpu_description() -> str:
-    try:
-        text = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return platform.processor()
-    fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
-    return f"{fields.get('Model name', '?').strip()}; {os.cpu_count()} CPUs; flags: {fields.get('Flags', '').strip()}"
 
 
 def counts(counter: Counter) -> str:

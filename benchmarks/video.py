@@ -38,8 +38,8 @@ import numpy as np
 import psutil
 from PIL import Image
 
+from _cpu import cpu_line
 from random_model import default_out, make_random_model
-from serve_load import cpu_description
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 PAN = (0.25, 0.125)  # frame px per frame, right and down
@@ -47,8 +47,6 @@ ZOOM = 0.002  # the window shrinks this much per frame
 RATIO = 4  # the upscale factor
 MAGNIFY = 4 / 3  # frame px per photo px at the first frame
 COVER = 0.75  # at most this share of the (resized) photo's width or height is in the first frame
-RELEVANT_FLAGS = ("avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "avx512_fp16",
-                  "avx_vnni", "amx_tile", "amx_bf16", "amx_int8")
 NOTE = ("osediff here has random weights (benchmarks/random_model.py): its outputs are noise-like textures, so its "
         "flicker measures the stability of the video pipeline, not the quality of the trained model.")
 
@@ -64,13 +62,6 @@ class Window:
     def affine(self) -> tuple[float, ...]:
         """PIL's AFFINE data (frame -> photo coordinates)."""
         return (self.scale, 0.0, self.x, 0.0, self.scale, self.y)
-
-
-def cpu_line() -> str:
-    """The CPU model and core count with only the flags that matter to the kernels (SIMD, bf16, AMX)."""
-    model, _, flags = cpu_description().partition("; flags: ")
-    found = set(flags.split())
-    return f"{model}; flags: {' '.join(f for f in RELEVANT_FLAGS if f in found) or '(none of interest)'}"
 
 
 def load_photo(photo: Path | None, size: tuple[int, int]) -> Image.Image:

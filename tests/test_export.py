@@ -1,18 +1,22 @@
-"""``osediff export --format onnx`` on the tiny model: the graphs, and the per-image step run through
-ONNX Runtime giving the torch pipeline's outputs to within one level of 255."""
+"""``osediff export`` on the tiny model: the graphs, and the per-image step run through ONNX Runtime
+and OpenVINO giving the torch pipeline's outputs to within one level of 255 (the parity gate)."""
 
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
 from PIL import Image
 
 pytest.importorskip("onnxruntime")
+pytest.importorskip("openvino")
 
-from osediff.export.onnx import METADATA, ExportError, export_onnx
-from osediff.export.runtime import OnnxOneStepModel
+from osediff.export.folder import METADATA, ExportError
+from osediff.export.onnx import export_onnx
+from osediff.export.openvino import convert_onnx_folder
+from osediff.export.runtime import OnnxOneStepModel, OpenVinoOneStepModel, load_exported
 from osediff.images import LoadedImage
 from osediff.params import TileConfig, UpscaleParams
 from osediff.pipeline import OSEDiffPipeline, Upscaler
@@ -24,8 +28,9 @@ def exported(tiny_components, tiny_weights, tmp_path_factory):
 
     pipe = OSEDiffPipeline(copy.deepcopy(tiny_components))
     pipe.load_weights(tiny_weights)
-    folder = tmp_path_factory.mktemp("onnx")
-    metadata = export_onnx(pipe, folder, weights_sha256="abc")
+    folder = tmp_path_factory.mktemp("exports")
+    metadata = export_onnx(pipe, folder / "onnx", weights_sha256="abc")
+    convert_onnx_folder(folder / "onnx", folder / "openvino")
     return pipe, folder, metadata
 
 
@@ -34,30 +39,41 @@ def photo(seed: int, size=(20, 12)) -> Image.Image:
     return Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
 
 
-def test_the_folder_holds_four_graphs_the_tokenizer_and_the_metadata(exported):
+def test_each_folder_holds_four_graphs_the_tokenizer_and_the_metadata(exported):
     pipe, folder, metadata = exported
-    assert sorted(str(p.relative_to(folder)) for p in folder.glob("*/model.onnx*")) == [
+    assert sorted(str(p.relative_to(folder / "onnx")) for p in (folder / "onnx").glob("*/model.onnx*")) == [
         f"{name}/model.onnx{data}" for name in ("text_encoder", "unet", "vae_decoder", "vae_encoder")
         for data in ("", ".data")]
-    saved = json.loads((folder / METADATA).read_text())
+    assert sorted(str(p.relative_to(folder / "openvino")) for p in (folder / "openvino").glob("*/openvino_model.*")) \
+        == [f"{name}/openvino_model.{ext}" for name in ("text_encoder", "unet", "vae_decoder", "vae_encoder")
+            for ext in ("bin", "xml")]
+    saved = json.loads((folder / "onnx" / METADATA).read_text())
     assert saved == metadata and saved["alpha_bar"] == pytest.approx(pipe.alpha_bar)
     assert saved["scaling_factor"] == pipe.vae.config.scaling_factor and saved["weights_sha256"] == "abc"
-    assert (folder / "tokenizer" / "tokenizer_config.json").is_file()
+    converted = json.loads((folder / "openvino" / METADATA).read_text())
+    assert (converted["format"], converted["precision"], converted["weights_sha256"]) == ("openvino", "fp32", "abc")
+    for fmt in ("onnx", "openvino"):
+        assert (folder / fmt / "tokenizer" / "tokenizer_config.json").is_file()
 
 
+@pytest.mark.parametrize("fmt", ["onnx", "openvino"])
 @pytest.mark.parametrize(("upscale", "tiles", "controls"), [
     (1.0, TileConfig(enabled=False), {}),
     (4.0, TileConfig(enabled=False), {}),
+    (1.0, TileConfig(latent_tile=2, latent_overlap=1, tiles_per_pass=2), {}),
     (4.0, TileConfig(latent_tile=6, latent_overlap=2, tiles_per_pass=3), {}),  # UNet tiles through the graph
     (2.0, TileConfig(enabled=False), {"strength": 0.5, "guidance": 2.0, "negative_prompt": "blurry"}),
 ])
-def test_the_step_through_onnx_runtime_gives_the_torch_outputs(exported, single_thread, upscale, tiles, controls):
+def test_the_step_through_each_runtime_gives_the_torch_outputs(exported, single_thread, fmt, upscale, tiles,
+                                                               controls):
     pipe, folder, _ = exported
     params = UpscaleParams(upscale=upscale, prompt="a red car", prompt_extractor="text", tiles=tiles, **controls)
     requests = [(LoadedImage(photo(i), None), params) for i in range(2)]
     torch_out = Upscaler(pipe).upscale(requests)
-    onnx_out = Upscaler(OnnxOneStepModel(folder)).upscale(requests)
-    for ours, theirs in zip(onnx_out, torch_out, strict=True):
+    model = load_exported(folder / fmt)
+    assert isinstance(model, {"onnx": OnnxOneStepModel, "openvino": OpenVinoOneStepModel}[fmt])
+    exported_out = Upscaler(model).upscale(requests)
+    for ours, theirs in zip(exported_out, torch_out, strict=True):
         assert ours.image.size == theirs.image.size == (round(20 * upscale), round(12 * upscale))
         diff = np.abs(np.asarray(ours.image, np.int16) - np.asarray(theirs.image, np.int16))
         assert diff.max() <= 1, diff.max()  # the parity gate: within 1/255
@@ -65,22 +81,70 @@ def test_the_step_through_onnx_runtime_gives_the_torch_outputs(exported, single_
 
 def test_a_folder_without_its_graphs_is_refused_in_one_line(tmp_path, exported):
     _, folder, _ = exported
-    (tmp_path / METADATA).write_text((folder / METADATA).read_text())
+    (tmp_path / METADATA).write_text((folder / "onnx" / METADATA).read_text())
     graphs = r"vae_encoder/model\.onnx, unet/model\.onnx, vae_decoder/model\.onnx, text_encoder/model\.onnx"
-    with pytest.raises(ExportError, match=rf"missing {graphs}$"):
+    with pytest.raises(ExportError, match=rf"missing {graphs}, tokenizer/tokenizer_config\.json$"):
         OnnxOneStepModel(tmp_path)
+    with pytest.raises(ExportError, match="a openvino export, not onnx"):
+        OnnxOneStepModel(folder / "openvino")
+    with pytest.raises(ExportError, match="not an osediff export folder"):
+        load_exported(tmp_path / "nowhere")
+
+
+def test_freeing_the_text_encoder_keeps_the_prompts_encoded_before(exported):
+    _, folder, _ = exported
+    upscaler = Upscaler(load_exported(folder / "openvino"))
+    upscaler.prompts.keep(["a cat"])
+    upscaler.pipe.text_encoder = None
+    assert upscaler.prompts.get("a cat").shape[:2] == (1, 77)
+    with pytest.raises(ExportError, match="'a dog' was not among the prompts encoded"):
+        upscaler.prompts.get("a dog")
 
 
 def test_the_command_exports_what_it_loaded_and_checks_files_first(tiny_base_dir, tiny_pkl, tmp_path, capsys):
     from osediff.cli import main
     from osediff.fileio import file_sha256
 
-    out = tmp_path / "onnx"
-    assert main(["export", "-o", str(out), "--base", str(tiny_base_dir), "--weights", str(tiny_pkl), "--offline"]) == 0
-    assert json.loads((out / METADATA).read_text())["weights_sha256"] == file_sha256(tiny_pkl)
-    assert "unet/model.onnx" in capsys.readouterr().out
-    assert OnnxOneStepModel(out).encode_prompt("a cat").shape[:2] == (1, 77)
+    out = tmp_path / "ov"
+    assert main(["export", "-o", str(out), "--format", "openvino", "--base", str(tiny_base_dir),
+                 "--weights", str(tiny_pkl), "--offline"]) == 0
+    metadata = json.loads((out / METADATA).read_text())
+    assert (metadata["format"], metadata["weights_sha256"]) == ("openvino", file_sha256(tiny_pkl))
+    assert "unet/openvino_model.xml" in capsys.readouterr().out
+    assert not list(out.glob(".onnx-*"))  # the ONNX scratch folder is gone
+    assert OpenVinoOneStepModel(out).encode_prompt("a cat").shape[:2] == (1, 77)
     missing = tmp_path / "nothing.pkl"
     assert main(["export", "-o", str(tmp_path / "b"), "--base", str(tiny_base_dir), "--weights", str(missing),
                  "--offline"]) == 2
     assert str(missing) in capsys.readouterr().err and not (tmp_path / "b").exists()
+    assert main(["export", "-o", str(tmp_path / "c"), "--precision", "int8", "--base", str(tiny_base_dir),
+                 "--weights", str(tiny_pkl), "--offline"]) == 2
+    assert "--precision int8 is made for OpenVINO: pass --format openvino" in capsys.readouterr().err
+
+
+def test_int8_quantises_the_vae_and_unet_calibrated_on_photos(exported, tmp_path, single_thread):
+    from osediff.export.quantize import QUANTISED, calibration_images, quantize_folder
+
+    _, folder, _ = exported
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(2):
+        photo(i, (24, 16)).save(photos / f"{i}.png")
+    (photos / "notes.png").write_text("not an image")  # skipped, not fatal
+    int8 = tmp_path / "int8"
+    shutil.copytree(folder / "openvino", int8)
+    metadata = quantize_folder(int8, calibration_images(photos), upscale=2)
+    assert metadata["precision"] == "int8" and metadata["calibration"]["samples"] == 4  # two photos and mirrors
+    assert json.loads((int8 / METADATA).read_text()) == metadata
+    import openvino as ov
+
+    for name in QUANTISED:  # each quantised graph now holds int8 fake-quantise nodes; the text encoder none
+        ops = {op.get_type_name() for op in ov.Core().read_model(str(int8 / name / "openvino_model.xml")).get_ops()}
+        assert "FakeQuantize" in ops, name
+    ops = {op.get_type_name() for op in ov.Core().read_model(str(int8 / "text_encoder/openvino_model.xml")).get_ops()}
+    assert "FakeQuantize" not in ops
+    result = Upscaler(load_exported(int8)).upscale([(LoadedImage(photo(5), None), UpscaleParams(
+        upscale=2, prompt="a photo", prompt_extractor="text"))])[0]
+    assert result.image.size == (40, 24)
+    with pytest.raises(ExportError, match="int8 is made from an fp32 openvino export, not openvino int8"):
+        quantize_folder(int8, calibration_images(photos))

@@ -3,7 +3,9 @@
 The command line, the batch runner, each Ray replica, each service replica and the demo call it
 with the :class:`~osediff.model_files.ModelOptions` they were given and the files
 :func:`~osediff.model_files.find_model_files` found, so the model is the same whichever asks.
-Device and dtype are parsed once, here, and handed down as torch objects.
+Device and dtype are parsed once, here, and handed down as torch objects. ``options.backend``
+``onnxruntime`` or ``openvino`` loads an export folder instead (made in the cache on first use) into
+a model with the pipeline's methods, under the same per-image step.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ def load_upscaler(options: ModelOptions, files: ModelFiles, *, device: torch.dev
     ``fixed_prompts`` only those prompts can be used: they are encoded while loading and the text
     encoder is never kept. ``build_extractors`` builds every extractor now instead of on first use.
     """
+    if options.backend != "torch":
+        return _load_exported(options, files, fixed_prompts, build_extractors)
     device = device or pick_device(options.device)
     dtype = pick_dtype(options.dtype, device)
     preview = None
@@ -44,3 +48,21 @@ def load_upscaler(options: ModelOptions, files: ModelFiles, *, device: torch.dev
     if build_extractors:
         extractors.build_all()
     return Upscaler(pipe, extractors, owns_models=True)
+
+
+def _load_exported(options: ModelOptions, files: ModelFiles, fixed_prompts: Sequence[str] | None,
+                   build_extractors: bool) -> Upscaler:
+    """The export ``files.exported`` plans (made first if it is not there yet) in its runtime, on the CPU."""
+    from .export.build import ensure_export
+    from .export.runtime import load_exported
+
+    model = load_exported(ensure_export(options, files))
+    extractors = PromptExtractors(files.extractors, device=torch.device("cpu"), dtype=torch.float32,
+                                  batch_size=options.prompt_batch_size, unavailable=files.unavailable)
+    if build_extractors:
+        extractors.build_all()
+    upscaler = Upscaler(model, extractors, owns_models=True)
+    if fixed_prompts is not None:  # as the pipeline: encoded now, and the text encoder never kept
+        upscaler.prompts.keep(list(fixed_prompts))
+        model.text_encoder = None
+    return upscaler

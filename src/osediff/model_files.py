@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 from .checkpoint import store
 from .checkpoint.hub import ModelNotFoundError, resolve_base
 from .errors import OptionError
+from .export.plan import ExportPlan, check_backend, checked_export_dir, planned_export
 from .presets import DEFAULT_PRESET, get_preset, resolve_weights
 from .prompts import extractor_needs_model, known_prompt_extractor, resolve_extractor_files
 
@@ -53,9 +54,14 @@ class ModelOptions:
     captioner: str | None = None
     prompt_batch_size: int = 8
     models_dir: str | None = None
+    backend: str = "torch"
+    export_dir: str | None = None
+    precision: str | None = None
+    calibration: str | None = None
 
     def __post_init__(self) -> None:
         get_preset(self.preset)
+        check_backend(self)
         named = store.named_models_dir(self.models_dir)  # absolute: a Ray worker's working folder differs
         object.__setattr__(self, "models_dir", None if named is None else os.path.abspath(os.path.expanduser(named)))
         size = self.prompt_batch_size
@@ -74,10 +80,11 @@ class ModelFiles:
     ``text`` and ``none``); ``unavailable`` maps the optional ones whose files are missing to why.
     """
 
-    base: Path
+    base: Path | None
     weights: Path | None
     extractors: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     unavailable: Mapping[str, str] = field(default_factory=dict)
+    exported: ExportPlan | None = None
 
 
 def find_model_files(options: ModelOptions, extractors: Iterable[str] = (), *, optional: Iterable[str] = (),
@@ -95,9 +102,13 @@ def find_model_files(options: ModelOptions, extractors: Iterable[str] = (), *, o
         known_prompt_extractor(name)
     misses: list[ModelNotFoundError] = []
     local_only, models_dir = options.offline, options.models_dir
-    base = _attempt(misses, lambda: resolve_base(options.base, local_files_only=local_only, models_dir=models_dir))
+    given_export = checked_export_dir(options)  # a given export folder needs neither base nor weights
+    base = None
+    if given_export is None:
+        base = _attempt(misses, lambda: resolve_base(options.base, local_files_only=local_only,
+                                                     models_dir=models_dir))
     weights = None
-    if with_weights:
+    if with_weights and given_export is None:
         weights = _attempt(misses, lambda: resolve_weights(options.weights, preset=options.preset,
                                                            local_files_only=local_only, models_dir=models_dir))
     offered: dict[str, Mapping[str, Any]] = {}
@@ -117,7 +128,8 @@ def find_model_files(options: ModelOptions, extractors: Iterable[str] = (), *, o
                 unavailable[name] = err.reason
     if misses:
         raise ModelNotFoundError.merge(misses)
-    return ModelFiles(base, weights, offered, unavailable)  # type: ignore[arg-type]
+    exported = given_export or (None if options.backend == "torch" else planned_export(options, base, weights))
+    return ModelFiles(base, weights, offered, unavailable, exported)  # type: ignore[arg-type]
 
 
 def _attempt(misses: list[ModelNotFoundError], find: Callable[[], T]) -> T | None:

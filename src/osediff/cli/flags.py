@@ -66,6 +66,10 @@ FLAGS: dict[str, str] = {
     "tags_path": "--ram-tags",
     "captioner": "--captioner",
     "models_dir": "--models-dir",
+    "backend": "--backend",
+    "export_dir": "--export-dir",
+    "precision": "--precision",
+    "calibration": "--calibration",
     # per-request limits of the demo and the service (osediff.limits.RequestLimits)
     "max_bytes": "--max-upload-mb",
     "max_output_pixels": "--max-output-pixels",

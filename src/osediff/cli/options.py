@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import argparse
 
+from ..export.folder import PRECISIONS
+from ..export.plan import BACKENDS
 from ..limits import RequestLimits
 from ..model_files import ModelOptions
 from ..presets import DEFAULT_PRESET, PRESETS
 
 
-def add_model_options(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
-    """``--base --preset --weights --models-dir --device --dtype --offline`` in a "model" group; returns the group."""
+def add_model_options(parser: argparse.ArgumentParser, *, backends: bool = True) -> argparse._ArgumentGroup:
+    """``--base --preset --weights --models-dir --device --dtype --offline`` in a "model" group, and
+    with ``backends`` ``--backend --export-dir --precision --calibration``; returns the group."""
     model = parser.add_argument_group("model")
     model.add_argument("--base", default=None, help="SD-2.1-base folder or hub id (default: known mirrors)")
     model.add_argument("--preset", default=DEFAULT_PRESET, choices=list(PRESETS),
@@ -24,7 +27,24 @@ def add_model_options(parser: argparse.ArgumentParser) -> argparse._ArgumentGrou
     model.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
     model.add_argument("--dtype", default="auto", help="auto | fp32 | fp16 | bf16")
     model.add_argument("--offline", action="store_true", help="use only local files and caches")
+    if backends:
+        add_backend_options(model)
     return model
+
+
+def add_backend_options(group: argparse._ArgumentGroup) -> None:
+    """``--backend --export-dir --precision --calibration``: which runtime runs the model."""
+    group.add_argument("--backend", default="torch", choices=BACKENDS,
+                       help="torch runs the checkpoint (any device); onnxruntime and openvino run an export of it "
+                            "on the CPU (--export-dir, else exported once into the cache on first use)")
+    group.add_argument("--export-dir", default=None, metavar="DIR",
+                       help="a folder `osediff export` wrote, for --backend onnxruntime|openvino (no --base/--weights "
+                            "needed)")
+    group.add_argument("--precision", default=None, choices=PRECISIONS,
+                       help="of an export made on first use: fp32 (default; equal to torch to 1/255) or int8 "
+                            "(--backend openvino; faster on CPUs, with a drift: see README)")
+    group.add_argument("--calibration", default=None, metavar="DIR",
+                       help="low-quality photos int8 is calibrated on (default: the checkout's examples/)")
 
 
 def add_limit_options(parser: argparse.ArgumentParser, defaults: RequestLimits) -> argparse._ArgumentGroup:
@@ -56,6 +76,9 @@ def model_options_from_args(args: argparse.Namespace) -> ModelOptions:
                          ("captioner", "captioner"), ("prompt_batch_size", "prompt_batch_size")):
         if hasattr(args, flag):
             given[option] = getattr(args, flag)
+    for flag in ("backend", "export_dir", "precision", "calibration"):
+        if hasattr(args, flag):
+            given[flag] = getattr(args, flag)
     if hasattr(args, "no_merge"):
         given["merge_lora"] = not args.no_merge
     return ModelOptions(**given)

@@ -14,7 +14,6 @@ stays outside the graphs, in fp32, where the runtime (:mod:`osediff.export.runti
 
 from __future__ import annotations
 
-import json
 import warnings
 from pathlib import Path
 
@@ -22,17 +21,10 @@ import torch
 
 from .. import __version__
 from ..diffusion import ONE_STEP_TIMESTEP
-from ..errors import OSEDiffError
-from ..fileio import atomic_write
+from .folder import GRAPH_FILES, GRAPHS, ExportError, graph_path, write_metadata
 
-METADATA = "osediff_export.json"
-GRAPHS = ("vae_encoder", "unet", "vae_decoder", "text_encoder")
 OPSET = 17
-GRAPH_FILE, WEIGHTS_FILE = "model.onnx", "model.onnx.data"  # each graph's folder: the graph, its weights
-
-
-class ExportError(OSEDiffError):
-    """A model that cannot be exported as it is, or an export folder that cannot be used."""
+GRAPH_FILE, WEIGHTS_FILE = GRAPH_FILES["onnx"]
 
 
 class _Encoder(torch.nn.Module):
@@ -105,8 +97,8 @@ def export_onnx(pipe, out: Path, *, weights_sha256: str = "", opset: int = OPSET
     metadata = {"format": "onnx", "precision": "fp32", "opset": opset, "scaling_factor": sf,
                 "alpha_bar": float(pipe.alpha_bar), "timestep": ONE_STEP_TIMESTEP, "cross_attention_dim": d,
                 "weights_sha256": weights_sha256, "osediff": __version__, "torch": torch.__version__,
-                "graphs": {name: f"{name}/{GRAPH_FILE}" for name in GRAPHS}}
-    atomic_write(out / METADATA, lambda tmp: tmp.write_text(json.dumps(metadata, indent=1), encoding="utf-8"))
+                "graphs": {name: graph_path(name, "onnx").as_posix() for name in GRAPHS}}
+    write_metadata(out, metadata)
     return metadata
 
 

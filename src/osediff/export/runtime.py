@@ -1,17 +1,20 @@
-"""An exported model run by ONNX Runtime, with the methods the per-image step needs of a model.
+"""Exported models run under the per-image step, with the methods the step needs of a model.
 
-``Upscaler(OnnxOneStepModel.load(folder))`` runs the same step as the torch pipeline: the graphs of
-:mod:`osediff.export.onnx` for the encoder, UNet, decoder and text encoder, and in between the
-same fp32 maths (latent from the encoder's mean, or a sample from the torch generator the pipeline
-uses; x0 from eps; the fidelity strength; guidance as one UNet batch of two). UNet tiles go through
-the graph one pass at a time as in the pipeline; the VAE graphs take whole images (no VAE tiling
-with exported graphs yet: memory grows with the image).
+``Upscaler(load_exported(folder))`` runs the same step as the torch pipeline on the graphs of an
+export folder (:mod:`osediff.export.onnx`, :mod:`osediff.export.openvino`): ONNX Runtime for
+``format: onnx``, OpenVINO for ``format: openvino``. The encoder, UNet, decoder and text encoder
+run in the runtime; in between, the same fp32 maths as the pipeline (latent from the encoder's
+mean, or a sample from the torch generator the pipeline uses; x0 from eps; the fidelity
+strength; guidance as one UNet batch of two). UNet tiles go through the graph one pass at a time
+as in the pipeline; the VAE graphs take whole images (no VAE tiling with exported graphs: memory
+grows with the image).
 """
 
 from __future__ import annotations
 
-import json
+from abc import ABC, abstractmethod
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -20,40 +23,49 @@ from ..diffusion import predict_x0
 from ..params import LatentMode, TileConfig
 from ..pipeline.model import VAE_MULTIPLE, guided_noise, pad_to_multiple
 from ..pipeline.timing import timed
-from .onnx import GRAPH_FILE, GRAPHS, METADATA, ExportError
+from .folder import GRAPHS, ExportError, graph_path, read_metadata
 
 
-class OnnxOneStepModel:
-    """The four ONNX graphs of an export folder in ONNX Runtime sessions (CPU unless ``providers``)."""
+def load_exported(folder: Path) -> ExportedOneStepModel:
+    """The runtime model of an export folder, by the format its metadata names."""
+    return RUNTIMES[read_metadata(folder)["format"]](folder)
 
-    def __init__(self, folder: Path, providers: list[str] | None = None) -> None:
-        import onnxruntime as ort
+
+class ExportedOneStepModel(ABC):
+    """The step's model protocol over four exported graphs; subclasses run one graph by name."""
+
+    def __init__(self, folder: Path) -> None:
         from transformers import AutoTokenizer
 
-        folder = Path(folder)
-        try:
-            self.metadata = json.loads((folder / METADATA).read_text(encoding="utf-8"))
-        except (OSError, ValueError) as err:
-            raise ExportError(f"{folder}: not an osediff export folder (no readable {METADATA}: {err})") from None
-        missing = [f"{name}/{GRAPH_FILE}" for name in GRAPHS if not (folder / name / GRAPH_FILE).is_file()]
-        if missing:
-            raise ExportError(f"{folder}: missing {', '.join(missing)}")
-        options = ort.SessionOptions()
-        providers = providers or ["CPUExecutionProvider"]
-        self.sessions = {name: ort.InferenceSession(str(folder / name / GRAPH_FILE), options, providers=providers)
-                         for name in GRAPHS}
-        self.text_encoder = self.sessions["text_encoder"]
-        self.tokenizer = AutoTokenizer.from_pretrained(folder / "tokenizer")
+        self.folder = Path(folder)
+        self.metadata = read_metadata(self.folder)
+        self.tokenizer = AutoTokenizer.from_pretrained(self.folder / "tokenizer")
         self.scaling_factor = float(self.metadata["scaling_factor"])
         self.alpha_bar = float(self.metadata["alpha_bar"])
+        self._graphs: dict[str, Any] = {}
+
+    @property
+    def text_encoder(self) -> object | None:
+        """The text encoder's graph; set to None (as the pipeline's) to free it."""
+        return self._graphs.get("text_encoder")
+
+    @text_encoder.setter
+    def text_encoder(self, value: object | None) -> None:
+        if value is not None:
+            raise ExportError("the text encoder can only be freed (set to None)")
+        self._graphs.pop("text_encoder", None)
 
     @property
     def device(self) -> torch.device:
         return torch.device("cpu")
 
+    @abstractmethod
+    def _run_graph(self, name: str, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """The outputs of graph ``name`` for ``feeds``, in the graph's output order."""
+
     def _run(self, name: str, **inputs: torch.Tensor) -> list[torch.Tensor]:
         feeds = {key: value.detach().cpu().numpy() for key, value in inputs.items()}
-        return [torch.from_numpy(np.asarray(out)) for out in self.sessions[name].run(None, feeds)]
+        return [torch.from_numpy(np.asarray(out)) for out in self._run_graph(name, feeds)]
 
     def _unet(self, latents: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         return self._run("unet", z=latents.float(), context=context.float())[0]
@@ -65,6 +77,14 @@ class OnnxOneStepModel:
                              truncation=True, return_tensors="pt").input_ids
         return self._run("text_encoder", input_ids=ids.long())[0]
 
+    def encode_latent(self, x_l: torch.Tensor, latent: LatentMode = "mode", seed: int | None = None) -> torch.Tensor:
+        """z_L of images in [0, 1] (padded to the VAE's multiple)."""
+        mean, std = self._run("vae_encoder", x=pad_to_multiple(x_l.float() * 2 - 1, VAE_MULTIPLE))
+        if latent == "sample":
+            generator = torch.Generator("cpu").manual_seed(seed) if seed is not None else None
+            mean = mean + std * torch.randn(mean.shape, generator=generator)
+        return mean * self.scaling_factor
+
     def super_resolve(self, x_l: torch.Tensor, embedding: torch.Tensor, *, tiles: TileConfig,
                       latent: LatentMode = "mode", seed: int | None = None, strength: float = 1.0,
                       guidance: float = 1.0, negative: torch.Tensor | None = None,
@@ -73,11 +93,7 @@ class OnnxOneStepModel:
         timings = {} if timings is None else timings
         height, width = x_l.shape[-2:]
         with timed(timings, "vae_encode", self.device):
-            mean, std = self._run("vae_encoder", x=pad_to_multiple(x_l.float() * 2 - 1, VAE_MULTIPLE))
-            if latent == "sample":
-                generator = torch.Generator("cpu").manual_seed(seed) if seed is not None else None
-                mean = mean + std * torch.randn(mean.shape, generator=generator)
-            z_l = mean * self.scaling_factor
+            z_l = self.encode_latent(x_l, latent, seed)
         with timed(timings, "unet", self.device):
             eps = guided_noise(self._unet, z_l, embedding, tiles, guidance=guidance, negative=negative)
             z_h = predict_x0(z_l, eps, self.alpha_bar)
@@ -86,3 +102,47 @@ class OnnxOneStepModel:
         with timed(timings, "vae_decode", self.device):
             x_h = self._run("vae_decoder", z=z_h.float())[0][..., :height, :width]
         return (x_h + 1) / 2
+
+
+class OnnxOneStepModel(ExportedOneStepModel):
+    """The graphs of an ONNX export folder in ONNX Runtime sessions (CPU unless ``providers``)."""
+
+    def __init__(self, folder: Path, providers: list[str] | None = None) -> None:
+        import onnxruntime as ort
+
+        super().__init__(folder)
+        if self.metadata["format"] != "onnx":
+            raise ExportError(f"{folder}: a {self.metadata['format']} export, not onnx (use load_exported)")
+        providers = providers or ["CPUExecutionProvider"]
+        self._graphs = {name: ort.InferenceSession(str(self.folder / graph_path(name, "onnx")), ort.SessionOptions(),
+                                                    providers=providers) for name in GRAPHS}
+
+    def _run_graph(self, name: str, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        return self._graphs[name].run(None, feeds)
+
+
+class OpenVinoOneStepModel(ExportedOneStepModel):
+    """The graphs of an OpenVINO export folder compiled for the CPU.
+
+    Inference precision is held at f32: OpenVINO would otherwise run f32 graphs in bf16 on CPUs that
+    have it, which is no longer the exported model; int8 graphs keep their quantised layers int8.
+    """
+
+    def __init__(self, folder: Path, device: str = "CPU") -> None:
+        import openvino as ov
+
+        super().__init__(folder)
+        if self.metadata["format"] != "openvino":
+            raise ExportError(f"{folder}: a {self.metadata['format']} export, not openvino (use load_exported)")
+        core = ov.Core()
+        config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
+        self._graphs = {name: core.compile_model(str(self.folder / graph_path(name, "openvino")), device, config)
+                         for name in GRAPHS}
+
+    def _run_graph(self, name: str, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        compiled = self._graphs[name]
+        results = compiled.create_infer_request().infer(feeds)  # a request per call: safe across threads
+        return [results[output] for output in compiled.outputs]
+
+
+RUNTIMES: dict[str, type[ExportedOneStepModel]] = {"onnx": OnnxOneStepModel, "openvino": OpenVinoOneStepModel}
