@@ -17,6 +17,8 @@ memory is its own. Rows, in the order they run:
                      non-finite decoder outputs, time; the largest VAE activations in fp32
   out4096_auto/cpu   1024->4096 in fp16, tiled, --vae-maps auto / cpu: time and peak memory
   compile_*          torch.compile of UNet + VAE per mode: warm-up cost and time per image
+  tensorrt_fp16      the ONNX export built into TensorRT fp16 engines: ms per 512 image vs torch fp16
+                     (benchmarks/gpu_tensorrt.py; skipped where tensorrt or onnx is not installed)
 
 Each row writes <out>/rows/<row>.json (status ok, error or skipped, with why) and appends one line
 to <summary-dir>/results.jsonl; <summary-dir>/table.md is rewritten after every row. A row starts
@@ -338,11 +340,18 @@ def compile_max_autotune(suite: Suite) -> dict:
     return _compiled(suite, "max-autotune")
 
 
+def tensorrt_fp16(suite: Suite) -> dict:
+    from gpu_tensorrt import tensorrt_row
+
+    return tensorrt_row(suite, timed_runs, peak_memory_gib)
+
+
 # (row, estimated seconds on an H200 with the full model: a row starts only if the budget left covers it)
 ROWS: list[tuple[Callable[[Suite], dict], float]] = [
     (ours_b1, 10), (ours_b1_nchw, 10), (ours_b8, 10), (ours_b16, 15), (authors_fp32, 15), (authors_fp16, 10),
     (multistep50, 15), (multistep50_control, 25), (drift_row, 20), (out4096_auto, 60),
-    (compile_reduce_overhead, 120), (compile_default, 100), (out4096_cpu, 120), (compile_max_autotune, 300),
+    (compile_reduce_overhead, 120), (compile_default, 100), (out4096_cpu, 120), (tensorrt_fp16, 240),
+    (compile_max_autotune, 300),
 ]
 ROW_NAMES = [fn.__name__.removesuffix("_row") for fn, _ in ROWS]
 

@@ -148,3 +148,40 @@ def test_int8_quantises_the_vae_and_unet_calibrated_on_photos(exported, tmp_path
     assert result.image.size == (40, 24)
     with pytest.raises(ExportError, match="int8 is made from an fp32 openvino export, not openvino int8"):
         quantize_folder(int8, calibration_images(photos))
+
+
+def test_blended_tiles_of_a_pointwise_map_equal_the_whole_and_cover_every_pixel():
+    import torch
+
+    from osediff.export.vae_tiles import blended_tiles, decoder_tiling, encoder_tiling
+
+    x = torch.randn(2, 4, 21, 30)
+
+    def upsample(part):  # pointwise up to 8x: every tile agrees where tiles overlap
+        return [torch.nn.functional.interpolate(part, scale_factor=8, mode="nearest") * 2 + 1, part.mean(1, True)
+                .repeat_interleave(8, -1).repeat_interleave(8, -2)]
+
+    whole = upsample(x)
+    tiled = blended_tiles(upsample, x, 8, 2, 8)
+    assert [t.shape for t in tiled] == [w.shape for w in whole] == [(2, 4, 168, 240), (2, 1, 168, 240)]
+    for t, w in zip(tiled, whole, strict=True):
+        torch.testing.assert_close(t, w, rtol=1e-5, atol=1e-5)
+    assert decoder_tiling(224) == (96, 24) and decoder_tiling(40) == (40, 10)
+    assert encoder_tiling(1024) == (768, 192) and encoder_tiling(100) == (96, 24)
+
+
+def test_the_exported_vae_runs_in_tiles_close_to_the_whole_image(exported, single_thread):
+    _, folder, _ = exported
+    model = load_exported(folder / "openvino")
+    params = UpscaleParams(upscale=4, prompt="a photo", prompt_extractor="text", tiles=TileConfig(enabled=False))
+    tiled = params.replace(tiles=TileConfig(vae_encoder_tile=128, vae_decoder_tile=16))
+    request = LoadedImage(photo(1, (40, 24)), None)  # 160x96 out: encoder tiles of 128 px, decoder of 16 latent
+    whole, parts = (np.asarray(Upscaler(model).upscale([(request, p)])[0].image, np.float32) for p in (params, tiled))
+    assert parts.shape == whole.shape == (96, 160, 3)
+    # GroupNorm sees each tile's statistics, so not equal (3.4 levels here; the tiny random VAE amplifies
+    # it), while a tile in the wrong place would differ as an unrelated image does (47 levels)
+    assert 0 < np.abs(parts - whole).mean() < 8
+    unrelated = np.asarray(Upscaler(model).upscale([(LoadedImage(photo(2, (40, 24)), None), params)])[0].image)
+    assert np.abs(unrelated - whole).mean() > 40
+    covering = params.replace(tiles=TileConfig(vae_encoder_tile=160, vae_decoder_tile=20))  # one tile: no blend
+    assert np.array_equal(np.asarray(Upscaler(model).upscale([(request, covering)])[0].image, np.float32), whole)

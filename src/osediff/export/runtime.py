@@ -6,8 +6,8 @@ export folder (:mod:`osediff.export.onnx`, :mod:`osediff.export.openvino`): ONNX
 run in the runtime; in between, the same fp32 maths as the pipeline (latent from the encoder's
 mean, or a sample from the torch generator the pipeline uses; x0 from eps; the fidelity
 strength; guidance as one UNet batch of two). UNet tiles go through the graph one pass at a time
-as in the pipeline; the VAE graphs take whole images (no VAE tiling with exported graphs: memory
-grows with the image).
+as in the pipeline, so they give the pipeline's result; the VAE graphs run over blended tiles
+(:mod:`osediff.export.vae_tiles`), close to but not equal to the untiled VAE.
 """
 
 from __future__ import annotations
@@ -24,11 +24,15 @@ from ..params import LatentMode, TileConfig
 from ..pipeline.model import VAE_MULTIPLE, guided_noise, pad_to_multiple
 from ..pipeline.timing import timed
 from .folder import GRAPHS, ExportError, graph_path, read_metadata
+from .vae_tiles import LATENT_SCALE, blended_tiles, decoder_tiling, encoder_tiling
 
 
 def load_exported(folder: Path) -> ExportedOneStepModel:
     """The runtime model of an export folder, by the format its metadata names."""
     return RUNTIMES[read_metadata(folder)["format"]](folder)
+
+
+UNTILED = TileConfig(enabled=False)
 
 
 class ExportedOneStepModel(ABC):
@@ -77,9 +81,12 @@ class ExportedOneStepModel(ABC):
                              truncation=True, return_tensors="pt").input_ids
         return self._run("text_encoder", input_ids=ids.long())[0]
 
-    def encode_latent(self, x_l: torch.Tensor, latent: LatentMode = "mode", seed: int | None = None) -> torch.Tensor:
-        """z_L of images in [0, 1] (padded to the VAE's multiple)."""
-        mean, std = self._run("vae_encoder", x=pad_to_multiple(x_l.float() * 2 - 1, VAE_MULTIPLE))
+    def encode_latent(self, x_l: torch.Tensor, latent: LatentMode = "mode", seed: int | None = None,
+                      tiles: TileConfig = UNTILED) -> torch.Tensor:
+        """z_L of images in [0, 1] (padded to the VAE's multiple), in blended tiles if ``tiles`` says so."""
+        x = pad_to_multiple(x_l.float() * 2 - 1, VAE_MULTIPLE)
+        tile, overlap = encoder_tiling(tiles.vae_encoder_tile) if tiles.enabled else (max(x.shape[-2:]), 0)
+        mean, std = blended_tiles(lambda part: self._run("vae_encoder", x=part), x, tile, overlap, 1 / LATENT_SCALE)
         if latent == "sample":
             generator = torch.Generator("cpu").manual_seed(seed) if seed is not None else None
             mean = mean + std * torch.randn(mean.shape, generator=generator)
@@ -93,15 +100,21 @@ class ExportedOneStepModel(ABC):
         timings = {} if timings is None else timings
         height, width = x_l.shape[-2:]
         with timed(timings, "vae_encode", self.device):
-            z_l = self.encode_latent(x_l, latent, seed)
+            z_l = self.encode_latent(x_l, latent, seed, tiles)
         with timed(timings, "unet", self.device):
             eps = guided_noise(self._unet, z_l, embedding, tiles, guidance=guidance, negative=negative)
             z_h = predict_x0(z_l, eps, self.alpha_bar)
             if strength != 1.0:
                 z_h = z_l + strength * (z_h - z_l)
         with timed(timings, "vae_decode", self.device):
-            x_h = self._run("vae_decoder", z=z_h.float())[0][..., :height, :width]
+            x_h = self.decode(z_h, tiles)[..., :height, :width]
         return (x_h + 1) / 2
+
+    def decode(self, z_h: torch.Tensor, tiles: TileConfig = UNTILED) -> torch.Tensor:
+        """The decoder's image in [-1, 1] of the scaled latent ``z_h``, in blended tiles if ``tiles`` says so."""
+        tile, overlap = decoder_tiling(tiles.vae_decoder_tile) if tiles.enabled else (max(z_h.shape[-2:]), 0)
+        return blended_tiles(lambda part: self._run("vae_decoder", z=part.float()), z_h, tile, overlap,
+                             LATENT_SCALE)[0]
 
 
 class OnnxOneStepModel(ExportedOneStepModel):
