@@ -2,7 +2,7 @@
 
 __version__ = "0.1.0"
 
-__all__ = ["OSEDiffPipeline", "OSEDiffWeights", "__version__"]
+__all__ = ["ModelOptions", "OSEDiffPipeline", "OSEDiffWeights", "__version__", "load_upscaler"]
 
 
 def __getattr__(name: str):
@@ -15,4 +15,12 @@ def __getattr__(name: str):
         from .checkpoint.weights import OSEDiffWeights
 
         return OSEDiffWeights
+    if name == "load_upscaler":
+        from .loading import load_upscaler
+
+        return load_upscaler
+    if name == "ModelOptions":
+        from .model_files import ModelOptions
+
+        return ModelOptions
     raise AttributeError(name)

@@ -15,19 +15,24 @@ from collections.abc import Sequence
 import torch
 
 from .device import pick_decoder_dtype, pick_device, pick_dtype
-from .model_files import ModelFiles, ModelOptions
+from .model_files import ModelFiles, ModelOptions, find_model_files
 from .pipeline import OSEDiffPipeline, Upscaler
-from .prompts.offered import PromptExtractors
+from .prompts.offered import ALWAYS_OFFERED, PromptExtractors
 
 
-def load_upscaler(options: ModelOptions, files: ModelFiles, *, device: torch.device | None = None,
+def load_upscaler(options: ModelOptions, files: ModelFiles | None = None, *, device: torch.device | None = None,
                   fixed_prompts: Sequence[str] | None = None, build_extractors: bool = False) -> Upscaler:
     """The pipeline on its device, optimised as measured fastest, with the extractors of ``files``.
 
-    ``device`` overrides ``options.device`` (one GPU per process under torchrun). With
-    ``fixed_prompts`` only those prompts can be used: they are encoded while loading and the text
-    encoder is never kept. ``build_extractors`` builds every extractor now instead of on first use.
+    ``files`` defaults to what :func:`~osediff.model_files.find_model_files` finds for ``options`` with
+    the extractors that need no model (``text``, ``none``): the Python API's
+    ``load_upscaler(ModelOptions(backend="openvino"))``. ``device`` overrides ``options.device`` (one
+    GPU per process under torchrun). With ``fixed_prompts`` only those prompts can be used: they are
+    encoded while loading and the text encoder is never kept. ``build_extractors`` builds every
+    extractor now instead of on first use.
     """
+    if files is None:
+        files = find_model_files(options, ALWAYS_OFFERED)
     if options.backend != "torch":
         return _load_exported(options, files, fixed_prompts, build_extractors)
     device = device or pick_device(options.device)
