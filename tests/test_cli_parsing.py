@@ -117,7 +117,8 @@ def test_a_misspelt_sub_command_or_choice_gets_a_suggestion(capsys):
                              "--latent-overlap), got 3"),
     (["--latent-tile", "32", "--latent-overlap", "40"], "--latent-overlap must be 0..31 (below the latent tile of "
                                                          "32), got 40"),
-    (["--latent-overlap", "100"], "--latent-overlap must be 0..95 (below the latent tile of 96), got 100"),
+    (["--latent-overlap", "100"], "--latent-overlap must be 0..71 (below half the largest automatic tile, 144; or "
+                                  "pass a latent tile), got 100"),
     (["--latent-tile", "0"], "--latent-tile must be an integer >= 1, got 0"),
     (["--batch-size", "0"], "--batch-size must be >= 1, got 0"),
     (["--quality", "0"], "--quality must be an integer 1-100, got 0"),

@@ -193,7 +193,10 @@ def test_help_shows_the_defaults_of_the_tile_config(capsys):
         main(["upscale", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     defaults = TileConfig()
-    assert f"UNet tile in latent pixels (x8 in pixels) (default: {defaults.latent_tile})" in text
+    assert defaults.latent_tile is None and defaults.memory_budget is None  # chosen per image, from the memory
+    assert "UNet tile in latent pixels (x8 in pixels; default: the fewest even tiles of at most 144 that " \
+           "--memory-budget allows)" in text
+    assert "(default: auto, 3/4 of the memory available when each stage starts)" in text
     assert f"UNet tiles per forward pass (default: {defaults.tiles_per_pass})" in text
     assert "colour alignment: adain, wavelet, none (default: the preset's, adain for osediff)" in text
     assert "(default: dape)" in text and "(default: None)" not in text

@@ -27,7 +27,10 @@ VAE_MAPS: tuple[str, ...] = get_args(VaeMaps)
 OUTPUT_FORMATS: dict[str, str] = {"png": ".png", "jpeg": ".jpg", "webp": ".webp", "tiff": ".tiff"}
 FORMAT_ALIASES = {"jpg": "jpeg", "tif": "tiff"}
 KEEP_FORMAT = "same"
-MAX_GUIDANCE = 20.0  # far past where any prompt still helps; a typo like 75 is refused
+MAX_GUIDANCE = 20.0
+# automatic UNet tiles are at most this many latent pixels per side (2.25x SD's 64 training size): the
+# UNet's attention has not seen wider contexts, and wider tiles are not cheaper per pixel anyway
+MAX_AUTO_LATENT_TILE = 144  # far past where any prompt still helps; a typo like 75 is refused
 
 
 class ParamError(OptionError):
@@ -51,30 +54,45 @@ def _is_number(value: object) -> bool:
 class TileConfig:
     """When and how to tile; every size is the largest processed in one piece.
 
-    Defaults follow the authors' test script (latent tiles of 96 with overlap 32, VAE encoder
-    tiles of 1024 px, decoder tiles of 224 latent px); ``tiles_per_pass`` UNet tiles go through
-    the network together. ``vae_maps`` is where the tiled VAE keeps its full-size feature maps
-    between layers: ``"cpu"`` bounds GPU memory by one tile's work (slower: every layer's map
-    crosses PCIe), ``"auto"`` picks it on a GPU when the maps of the image would take over a
-    quarter of the free GPU memory.
+    ``memory_budget`` (bytes) is what the tiling may use beyond the loaded model, by default 3/4 of
+    the memory available when a stage starts (host memory on a CPU, free GPU memory on a GPU; see
+    :mod:`osediff.tiling.budget`). From it come what is left unset: the UNet's tiles
+    (``latent_tile=None``: the fewest, evenly sized tiles of at most 144 latent pixels that fit,
+    overlapping by ``latent_overlap``), how many of them go through the network together (at most
+    ``tiles_per_pass``) and which tiled-VAE maps are recomputed instead of stored. An explicit
+    ``latent_tile`` is used as given (the authors' test script: 96 with overlap 32). VAE encoder
+    tiles of 1024 px and decoder tiles of 224 latent px are where the tiled VAE starts.
+    ``vae_maps`` is where the tiled VAE keeps its full-size feature maps between layers:
+    ``"cpu"`` bounds GPU memory by one tile's work (slower: every layer's map crosses PCIe),
+    ``"auto"`` picks it on a GPU when the maps of the image would take over a quarter of the free
+    GPU memory.
     """
 
     enabled: bool = True
-    latent_tile: int = 96
+    latent_tile: int | None = None
     latent_overlap: int = 32
     vae_encoder_tile: int = 1024
     vae_decoder_tile: int = 224
     tiles_per_pass: int = 4
     vae_maps: VaeMaps = "auto"
+    memory_budget: int | None = None
 
     def __post_init__(self) -> None:
         _require(isinstance(self.enabled, bool), "tiles.enabled", f"must be True or False, got {self.enabled!r}")
-        for name in ("latent_tile", "vae_encoder_tile", "vae_decoder_tile", "tiles_per_pass"):
+        for name in ("latent_tile", "vae_encoder_tile", "vae_decoder_tile", "tiles_per_pass", "memory_budget"):
             value = getattr(self, name)
-            _require(_is_int(value) and value >= 1, f"tiles.{name}", f"must be an integer >= 1, got {value!r}")
-        overlap = self.latent_overlap
-        _require(_is_int(overlap) and 0 <= overlap < self.latent_tile, "tiles.latent_overlap",
-                 f"must be 0..{self.latent_tile - 1} (below the latent tile of {self.latent_tile}), got {overlap!r}")
+            optional = name in ("latent_tile", "memory_budget") and value is None
+            _require(optional or (_is_int(value) and value >= 1), f"tiles.{name}",
+                     f"must be an integer >= 1, got {value!r}")
+        overlap, tile = self.latent_overlap, self.latent_tile
+        if tile is None:
+            most = MAX_AUTO_LATENT_TILE // 2 - 1
+            _require(_is_int(overlap) and 0 <= overlap <= most, "tiles.latent_overlap",
+                     f"must be 0..{most} (below half the largest automatic tile, {MAX_AUTO_LATENT_TILE}; or pass "
+                     f"a latent tile), got {overlap!r}")
+        else:
+            _require(_is_int(overlap) and 0 <= overlap < tile, "tiles.latent_overlap",
+                     f"must be 0..{tile - 1} (below the latent tile of {tile}), got {overlap!r}")
         _require(self.vae_maps in VAE_MAPS, "tiles.vae_maps",
                  f"must be one of {', '.join(VAE_MAPS)}, got {self.vae_maps!r}")
 
@@ -153,6 +171,22 @@ class UpscaleParams:
         """What images must share to go through the model in one call (their size aside)."""
         return (self.upscale, self.align, self.latent, self.seed, self.tiles, self.strength, self.guidance,
                 self.negative_prompt if self.guidance != 1 else "")
+
+
+def parse_memory_size(text: str) -> int | None:
+    """``auto`` -> None; ``6``, ``6G``, ``6GiB``, ``512M``, ``512MiB`` -> bytes (a bare number is GiB)."""
+    value = text.strip().lower().removesuffix("ib").removesuffix("b")
+    if value == "auto":
+        return None
+    scale = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}.get(value[-1:], 0)
+    number = value[:-1] if scale else value
+    try:
+        size = float(number) * (scale or 1 << 30)
+    except ValueError:
+        size = math.nan
+    if not math.isfinite(size) or size < 1:
+        raise ParamError(f"must be 'auto' or a size such as 6G or 512M, got {text!r}", argument="tiles.memory_budget")
+    return int(size)
 
 
 def output_size(width: int, height: int, upscale: float) -> tuple[int, int]:

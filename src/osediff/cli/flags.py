@@ -27,6 +27,7 @@ FLAGS: dict[str, str] = {
     "tiles.vae_decoder_tile": "--vae-decoder-tile",
     "tiles.tiles_per_pass": "--tile-batch",
     "tiles.vae_maps": "--vae-maps",
+    "tiles.memory_budget": "--memory-budget",
     # the batch job (osediff.batch.BatchConfig)
     "inputs": "INPUT",
     "output": "--output",

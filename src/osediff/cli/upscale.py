@@ -17,7 +17,16 @@ from pathlib import Path
 from ..batch.config import BatchConfig
 from ..batch.storage import parse_storage_options
 from ..images import DEFAULT_MAX_PIXELS
-from ..params import ALIGN_METHODS, LATENT_MODES, OUTPUT_FORMATS, VAE_MAPS, ParamError, TileConfig, UpscaleParams
+from ..params import (
+    ALIGN_METHODS,
+    LATENT_MODES,
+    OUTPUT_FORMATS,
+    VAE_MAPS,
+    ParamError,
+    TileConfig,
+    UpscaleParams,
+    parse_memory_size,
+)
 from ..prompts import available_prompt_extractors
 from ..video.options import VideoOptions, parse_bitrate
 from .options import add_model_options, model_options_from_args
@@ -70,13 +79,18 @@ def add_command(subparsers: argparse._SubParsersAction) -> None:
     tiles = p.add_argument_group("tiling (switches on automatically above the tile sizes)")
     tiles.add_argument("--no-tiling", action="store_true", help="never tile (needs memory for the whole image)")
     tiles.add_argument("--latent-tile", type=int, default=TILES.latent_tile,
-                       help="UNet tile in latent pixels (x8 in pixels)")
+                       help="UNet tile in latent pixels (x8 in pixels; default: the fewest even tiles of at most "
+                            "144 that --memory-budget allows)")
     tiles.add_argument("--latent-overlap", type=int, default=None,
                        help=f"UNet tile overlap in latent pixels (default: {TILES.latent_overlap})")
     tiles.add_argument("--vae-encoder-tile", type=int, default=TILES.vae_encoder_tile,
                        help="VAE encoder tile in pixels")
     tiles.add_argument("--vae-decoder-tile", type=int, default=TILES.vae_decoder_tile,
                        help="VAE decoder tile in latent pixels")
+    tiles.add_argument("--memory-budget", type=_memory_size, default=TILES.memory_budget, metavar="SIZE",
+                       help="memory the tiling may use beyond the model, e.g. 6G or 512M (default: auto, 3/4 of the "
+                            "memory available when each stage starts); UNet tiles and which tiled-VAE maps are "
+                            "recomputed instead of stored follow from it")
     tiles.add_argument("--tile-batch", type=int, default=TILES.tiles_per_pass, help="UNet tiles per forward pass")
     tiles.add_argument("--vae-maps", choices=VAE_MAPS, default=TILES.vae_maps, metavar="WHERE",
                        help="%(choices)s: where the tiled VAE keeps full-size feature maps; cpu bounds GPU memory "
@@ -133,17 +147,25 @@ def add_command(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run)
 
 
+def _memory_size(text: str) -> int | None:
+    try:
+        return parse_memory_size(text)
+    except ParamError as err:
+        raise argparse.ArgumentTypeError(str(err).removeprefix("tiles.memory_budget ")) from None
+
+
 def config_from_args(args: argparse.Namespace) -> BatchConfig:
     """The batch job the flags describe; this process's share under accelerate/torchrun."""
     from ..presets import get_preset
 
     overlap = TILES.latent_overlap if args.latent_overlap is None else args.latent_overlap
-    if args.latent_overlap is None and 1 <= args.latent_tile <= overlap:  # the tile is the flag that was given
+    # the tile is the flag that was given
+    if args.latent_overlap is None and args.latent_tile is not None and 1 <= args.latent_tile <= overlap:
         raise ParamError(f"must be above the --latent-overlap of {overlap} (or pass a smaller --latent-overlap), "
                          f"got {args.latent_tile}", argument="tiles.latent_tile")
     tiles = TileConfig(enabled=not args.no_tiling, latent_tile=args.latent_tile, latent_overlap=overlap,
                        vae_encoder_tile=args.vae_encoder_tile, vae_decoder_tile=args.vae_decoder_tile,
-                       tiles_per_pass=args.tile_batch, vae_maps=args.vae_maps)
+                       tiles_per_pass=args.tile_batch, vae_maps=args.vae_maps, memory_budget=args.memory_budget)
     model = model_options_from_args(args)
     preset = get_preset(model.preset)
     params = UpscaleParams(upscale=preset.upscale if args.upscale is None else args.upscale,

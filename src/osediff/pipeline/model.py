@@ -31,8 +31,9 @@ from ..errors import OSEDiffError
 from ..lora import VAE_ADAPTER, attach_lora_adapters, merge_lora
 from ..params import LatentMode, TileConfig
 from ..quiet import quiet_loading
+from ..tiling.budget import unet_tiling_for
 from ..tiling.latent import tiled_apply
-from ..tiling.memory import decoded_pixels, vae_map_store
+from ..tiling.memory import decoded_pixels, vae_maps_plan
 from .step import PipelineInputError, SRResult, Upscaler
 from .timing import timed
 
@@ -187,9 +188,9 @@ class OSEDiffPipeline:
         if tiles.enabled and max(x.shape[-2:]) > tiles.vae_encoder_tile:
             from ..tiling.vae import tiled_encode
 
-            store = vae_map_store(tiles.vae_maps, self.device, x.shape[-2] * x.shape[-1], self.vae.dtype)
+            store, recompute = vae_maps_plan(tiles, self.device, x.shape[-2] * x.shape[-1], self.vae.dtype)
             dist = DiagonalGaussianDistribution(tiled_encode(self.vae, x, tile_size=tiles.vae_encoder_tile,
-                                                             offload_device=store))
+                                                             offload_device=store, recompute_above=recompute))
         else:
             dist = self.vae.encode(x).latent_dist
         z = dist.mode() if latent == "mode" else dist.sample(generator)
@@ -223,8 +224,9 @@ class OSEDiffPipeline:
         if tiled:
             from ..tiling.vae import tiled_decode
 
-            store = vae_map_store(tiles.vae_maps, self.device, decoded_pixels(z), z.dtype)
-            x = tiled_decode(self.vae, z, tile_size=tiles.vae_decoder_tile, offload_device=store)
+            store, recompute = vae_maps_plan(tiles, self.device, decoded_pixels(z), z.dtype)
+            x = tiled_decode(self.vae, z, tile_size=tiles.vae_decoder_tile, offload_device=store,
+                             recompute_above=recompute)
         else:
             x = self.vae.decode(z).sample
         return x.float().clamp(-1, 1)
@@ -316,8 +318,8 @@ def guided_noise(unet: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], z: 
                  embedding: torch.Tensor, tiles: TileConfig, *, guidance: float = 1.0,
                  negative: torch.Tensor | None = None) -> torch.Tensor:
     """eps over ``z`` from ``unet(latents, contexts)`` (any runtime's UNet at t = 999), in latent tiles
-    when ``tiles`` says so; with ``guidance`` W != 1 the negative and the positive prompt run as one
-    batch of two and eps = eps(negative) + W (eps(c) - eps(negative))."""
+    sized from ``tiles`` and its memory budget (osediff.tiling.budget); with ``guidance`` W != 1 the
+    negative and the positive prompt run as one batch of two and eps = eps(negative) + W (eps(c) - eps(negative))."""
     if guidance != 1.0 and negative is None:
         raise PromptNotEncodedError("guidance other than 1 needs the negative prompt's embedding")
 
@@ -331,7 +333,8 @@ def guided_noise(unet: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], z: 
 
     if not tiles.enabled:
         return eps(z)
-    return tiled_apply(eps, z, tiles.latent_tile, tiles.latent_overlap, tiles.tiles_per_pass)
+    plan = unet_tiling_for(tiles, z, batch=z.shape[0] * (1 if guidance == 1.0 else 2))
+    return tiled_apply(eps, z, plan.tile, plan.overlap, plan.per_pass)
 
 
 def prompt_contexts(prompts: torch.Tensor, count: int) -> torch.Tensor:

@@ -34,17 +34,18 @@ def gaussian_weights(height: int, width: int, var: float = 0.01) -> torch.Tensor
     return torch.outer(profile(height), profile(width)).float()
 
 
-def tiled_apply(fn: Callable[[torch.Tensor], torch.Tensor], z: torch.Tensor, tile: int, overlap: int,
-                batch_size: int = 1) -> torch.Tensor:
+def tiled_apply(fn: Callable[[torch.Tensor], torch.Tensor], z: torch.Tensor, tile: int | tuple[int, int],
+                overlap: int, batch_size: int = 1) -> torch.Tensor:
     """``fn`` (latent tiles -> same-shaped predictions) over ``z`` in tiles, Gaussian-blended.
 
-    Tiles of one image are run ``batch_size`` at a time. Falls back to a single call when ``z``
-    fits in one tile.
+    ``tile`` is a square tile's side or (height, width). Tiles of one image are run ``batch_size``
+    at a time. Falls back to a single call when ``z`` fits in one tile.
     """
     n, _, height, width = z.shape
-    if height <= tile and width <= tile:
+    tile_h, tile_w = (tile, tile) if isinstance(tile, int) else tile
+    if height <= tile_h and width <= tile_w:
         return fn(z)
-    th, tw = min(tile, height), min(tile, width)
+    th, tw = min(tile_h, height), min(tile_w, width)
     boxes = [(y, x) for y in tile_starts(height, th, overlap) for x in tile_starts(width, tw, overlap)]
     weight = gaussian_weights(th, tw).to(z.device, torch.float32)
     out: torch.Tensor | None = None

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import torch
 
-from ..params import VAE_MAPS, VaeMaps
+from ..params import VAE_MAPS, TileConfig, VaeMaps
+from .budget import recompute_above_for
 
 # full-resolution channels the tiled SD decoder stores at once when it does not recompute: the
 # upsampled 256-channel map plus the first resnet's 128-channel inner map
@@ -39,3 +40,11 @@ def vae_map_store(vae_maps: VaeMaps, device: torch.device, pixels: int, dtype: t
                              and tiled_vae_map_bytes(pixels, dtype) > torch.cuda.mem_get_info(device)[0] / 4):
         return torch.device("cpu")
     return device
+
+
+def vae_maps_plan(tiles: TileConfig, device: torch.device, pixels: int,
+                  dtype: torch.dtype) -> tuple[torch.device, int]:
+    """Where the tiled VAE of a ``pixels``-pixel image keeps its maps (:func:`vae_map_store`), and
+    from which size it recomputes them instead, within the memory budget of ``tiles`` there."""
+    store = vae_map_store(tiles.vae_maps, device, pixels, dtype)
+    return store, recompute_above_for(tiles, store, pixels, dtype.itemsize)

@@ -13,10 +13,12 @@ own modules (so LoRA-merged weights and unmerged peft adapters work unchanged), 
   tile's queries to keys within ``overlap`` pixels of it, making the cost linear in image size
   at the price of a small approximation.
 
-* where a map would take ``recompute_above`` bytes or more (2048x2048 and up), resnets recompute
-  their inner map instead of storing it and write over their input, and the decoder recomputes
-  the upsampled map inside the next resnet: one full-size map alive instead of two or three
-  (peak RSS of a CPU 512->2048 run: 12.3 GiB before, 7.2 GiB after, UNet weights included).
+* where a map would take ``recompute_above`` bytes or more, resnets recompute their inner map
+  instead of storing it and write over their input, and the decoder recomputes the upsampled map
+  inside the next resnet: one full-size map alive instead of two or three (peak RSS of a CPU
+  512->2048 run: 12.3 GiB storing all, 7.2 GiB recomputing all, UNet weights included), for a
+  second pass of the widest convolutions. The pipeline sets the threshold from its memory budget
+  (:func:`osediff.tiling.budget.vae_recompute_above`), so only what does not fit is recomputed.
 
 The result matches ``vae.quant_conv(vae.encoder(x))`` / ``vae.decoder(vae.post_quant_conv(z))``
 to float rounding. Maps between layers live on ``offload_device`` (default: the VAE's device);
