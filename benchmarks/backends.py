@@ -4,8 +4,9 @@
     python benchmarks/backends.py --sizes 128,512       # and 512->2048
 
 Rows: torch with the defaults `from_pretrained` picks for this CPU (bf16 decoder where the CPU has
-bf16), torch fp32 (the parity reference), ONNX Runtime fp32, OpenVINO fp32 and OpenVINO int8
-(osediff.export.quantize.KEEP_FP32 kept fp32, calibrated on examples/). Each row runs in its own
+bf16), torch fp32 (the parity reference), ONNX Runtime fp32, OpenVINO fp32, OpenVINO bf16 (the fp32
+export computed in bf16) and OpenVINO int8 (osediff.export.quantize.KEEP_FP32 kept fp32, calibrated
+on examples/). Each row runs in its own
 process (peak RSS is its own) through the one loader with the prompt encoded at load time; the
 exports are made once into --exports. LR sizes up to 256 get a warm-up run first, larger ones run
 once. Drift is against the torch fp32 row's image, in 8-bit levels.
@@ -25,6 +26,7 @@ ROWS = {
     "torch fp32": {"backend": "torch", "dtype": "fp32", "decoder_dtype": "fp32"},
     "onnxruntime fp32": {"backend": "onnxruntime", "export": "onnx"},
     "openvino fp32": {"backend": "openvino", "export": "openvino-fp32"},
+    "openvino bf16": {"backend": "openvino", "export": "openvino-fp32", "precision": "bf16"},
     "openvino int8": {"backend": "openvino", "export": "openvino-int8"},
 }
 STAGES = ("vae_encode", "unet", "vae_decode")
@@ -40,7 +42,7 @@ def measure(cfg: dict) -> dict:
     from osediff.model_files import ModelOptions, find_model_files
     from osediff.params import UpscaleParams
 
-    given = {key: cfg[key] for key in ("backend", "dtype", "decoder_dtype") if key in cfg}
+    given = {key: cfg[key] for key in ("backend", "dtype", "decoder_dtype", "precision") if key in cfg}
     if "export" in cfg:
         options = ModelOptions(export_dir=cfg["export_dir"], offline=True, **given)
     else:

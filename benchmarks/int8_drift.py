@@ -88,7 +88,12 @@ def run_int8(base: str, weights: str, size: int, keeps: dict[str, dict[str, list
     reference, ref_seconds = components(fp32, x_l, context)
     ref_image = Upscaler(fp32).upscale([(LoadedImage(image, None), params)], output_type="pt")[0].image * 255
     del fp32
-    rows = []
+    print(f"# int8 vs fp32 OpenVINO, {size}->{size * 4}, one image (not a calibration photo)\n")
+    print("| variant | encoder err | UNet eps err | z_H err | decoder max/mean lv | image max/mean lv | PSNR dB "
+          "| enc s | UNet s | dec s | quantise s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print(f"| fp32 | 0 | 0 | 0 | 0 / 0 | 0 / 0 | inf | {ref_seconds['vae_encoder']:.2f} | {ref_seconds['unet']:.2f} "
+          f"| {ref_seconds['vae_decoder']:.2f} | - |", flush=True)
     variants: dict[str, dict[str, list[str]]] = {}
     for name, keep in {"all layers int8": {}, "KEEP_FP32 (the default)": KEEP_FP32, **keeps}.items():
         if not any({k: v for k, v in keep.items() if v} == {k: v for k, v in seen.items() if v}
@@ -98,24 +103,15 @@ def run_int8(base: str, weights: str, size: int, keeps: dict[str, dict[str, list
         start = time.perf_counter()
         model = load_exported(quantised_copy(work / "fp32", work / f"int8-{index}", keep))
         made = time.perf_counter() - start
-        out, seconds = components(model, x_l, context, reference)
+        out, sec = components(model, x_l, context, reference)
         whole = Upscaler(model).upscale([(LoadedImage(image, None), params)], output_type="pt")[0].image * 255
-        decoder = drift((out["x_h"].clamp(-1, 1) + 1) * 127.5, (reference["x_h"].clamp(-1, 1) + 1) * 127.5)
-        rows.append((name, relative(out["z_l"] - reference["z_l"], reference["z_l"]),
-                     relative(out["eps"] - reference["eps"], reference["eps"]),
-                     relative(out["z_h"] - reference["z_h"], reference["z_h"]), decoder, drift(whole, ref_image),
-                     seconds, made))
-        del model
-    print(f"# int8 vs fp32 OpenVINO, {size}->{size * 4}, one image (not a calibration photo)\n")
-    print("| variant | encoder err | UNet eps err | z_H err | decoder max/mean lv | image max/mean lv | PSNR dB "
-          "| enc s | UNet s | dec s | quantise s |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
-    print(f"| fp32 | 0 | 0 | 0 | 0 / 0 | 0 / 0 | inf | {ref_seconds['vae_encoder']:.2f} | {ref_seconds['unet']:.2f} "
-          f"| {ref_seconds['vae_decoder']:.2f} | - |")
-    for name, enc, eps, z_h, dec, img, sec, made in rows:
+        dec = drift((out["x_h"].clamp(-1, 1) + 1) * 127.5, (reference["x_h"].clamp(-1, 1) + 1) * 127.5)
+        img = drift(whole, ref_image)
+        enc, eps, z_h = (relative(out[k] - reference[k], reference[k]) for k in ("z_l", "eps", "z_h"))
         print(f"| {name} | {enc:.3f} | {eps:.3f} | {z_h:.3f} | {dec['max_levels']:.0f} / {dec['mean_levels']:.2f} "
               f"| {img['max_levels']:.0f} / {img['mean_levels']:.2f} | {img['psnr_db']:.1f} "
-              f"| {sec['vae_encoder']:.2f} | {sec['unet']:.2f} | {sec['vae_decoder']:.2f} | {made:.0f} |")
+              f"| {sec['vae_encoder']:.2f} | {sec['unet']:.2f} | {sec['vae_decoder']:.2f} | {made:.0f} |", flush=True)
+        del model
     print("\nerrors of the encoder, UNet and z_H: mean |int8 - fp32| / std(fp32) on the same fp32 inputs")
 
 

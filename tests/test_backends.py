@@ -53,7 +53,8 @@ def outputs(upscaler) -> list[np.ndarray]:
     ({"backend": "openvino", "device": "cuda"}, "device", "runs on the CPU; for 'cuda' use --backend torch"),
     ({"backend": "openvino", "dtype": "bf16"}, "dtype", "--dtype/--decoder-dtype are for --backend torch"),
     ({"export_dir": "/x"}, "export_dir", "needs --backend onnxruntime or openvino"),
-    ({"backend": "openvino", "precision": "int4"}, "precision", "must be one of fp32, int8"),
+    ({"backend": "openvino", "precision": "int4"}, "precision", "must be one of fp32, bf16, int8"),
+    ({"backend": "onnxruntime", "precision": "bf16"}, "precision", "bf16 runs on OpenVINO"),
 ])
 def test_options_that_do_not_fit_are_refused_naming_the_option(given, argument, message):
     with pytest.raises(OptionError, match=message) as caught:
@@ -74,6 +75,15 @@ def test_a_given_export_folder_needs_no_base_or_weights_and_must_fit_the_backend
         find_model_files(ModelOptions(backend="openvino", export_dir=str(openvino_dir), precision="int8"))
     with pytest.raises(OptionError, match="not an osediff export folder"):
         find_model_files(ModelOptions(backend="openvino", export_dir=str(tmp_path)))
+    bf16 = find_model_files(ModelOptions(backend="openvino", export_dir=str(openvino_dir), precision="bf16"))
+    assert (bf16.exported.precision, bf16.exported.inference) == ("fp32", "bf16")  # the fp32 graphs, in bf16
+
+
+def test_bf16_runs_the_fp32_export_with_openvino_computing_in_bf16(openvino_dir, single_thread):
+    options = ModelOptions(backend="openvino", export_dir=str(openvino_dir), precision="bf16")
+    upscaler = load_upscaler(options)
+    assert isinstance(upscaler.pipe, OpenVinoOneStepModel)
+    assert [image.shape for image in outputs(upscaler)] == [(24, 40, 3)] * 2
 
 
 def test_the_loader_runs_a_given_export_as_torch_does(openvino_dir, tiny_base_dir, tiny_pkl, single_thread):

@@ -61,7 +61,7 @@ def _load_exported(options: ModelOptions, files: ModelFiles, fixed_prompts: Sequ
     from .export.build import ensure_export
     from .export.runtime import load_exported
 
-    model = load_exported(ensure_export(options, files))
+    model = load_exported(ensure_export(options, files), inference=files.exported.inference)
     extractors = PromptExtractors(files.extractors, device=torch.device("cpu"), dtype=torch.float32,
                                   batch_size=options.prompt_batch_size, unavailable=files.unavailable)
     if build_extractors:

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..export.folder import PRECISIONS
-from ..export.plan import BACKENDS
+from ..export.plan import BACKENDS, RUN_PRECISIONS
 from ..limits import RequestLimits
 from ..model_files import ModelOptions
 from ..presets import DEFAULT_PRESET, PRESETS
@@ -40,9 +39,10 @@ def add_backend_options(group: argparse._ArgumentGroup) -> None:
     group.add_argument("--export-dir", default=None, metavar="DIR",
                        help="a folder `osediff export` wrote, for --backend onnxruntime|openvino (no --base/--weights "
                             "needed)")
-    group.add_argument("--precision", default=None, choices=PRECISIONS,
-                       help="of an export made on first use: fp32 (default; equal to torch to 1/255) or int8 "
-                            "(--backend openvino; faster on CPUs, with a drift: see README)")
+    group.add_argument("--precision", default=None, choices=RUN_PRECISIONS,
+                       help="fp32 (default; equal to torch to 1/255); with --backend openvino also bf16 (the fp32 "
+                            "export computed in bf16: CPUs with AVX512-BF16/AMX) or int8 (NNCF; faster, with a "
+                            "drift: see README)")
     group.add_argument("--calibration", default=None, metavar="DIR",
                        help="low-quality photos int8 is calibrated on (default: the checkout's examples/)")
 

@@ -18,12 +18,15 @@ from typing import TYPE_CHECKING
 
 from ..errors import OptionError
 from ..fileio import file_sha256
-from .folder import PRECISIONS, ExportError, read_metadata
+from .folder import ExportError, read_metadata
 
 if TYPE_CHECKING:
     from ..model_files import ModelOptions
 
 BACKENDS = ("torch", "onnxruntime", "openvino")
+# what --precision may ask: an export's precision, or bf16: an fp32 export run with OpenVINO's bf16
+# inference precision (CPUs with native bf16: AVX512-BF16, AMX)
+RUN_PRECISIONS = ("fp32", "bf16", "int8")
 BACKEND_FORMATS = {"onnxruntime": "onnx", "openvino": "openvino"}
 LAYOUT_VERSION = 1  # bump when the graphs an export holds change, so cached exports are remade
 _BASE_WEIGHTS = ("unet", "vae", "text_encoder")
@@ -33,12 +36,14 @@ _CALIBRATION_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tif
 @dataclass(frozen=True)
 class ExportPlan:
     """The export folder a run loads, in ``fmt`` at ``precision``; ``calibration``: the photos an int8
-    export still to be made is calibrated on."""
+    export still to be made is calibrated on; ``inference``: the precision OpenVINO computes the
+    layers that are not int8 in (``f32``, or ``bf16`` for ``--precision bf16``)."""
 
     folder: Path
     fmt: str
     precision: str
     calibration: Path | None = None
+    inference: str = "f32"
 
     def is_complete(self) -> bool:
         try:
@@ -53,16 +58,17 @@ def check_backend(options: ModelOptions) -> None:
     backend = options.backend
     if backend not in BACKENDS:
         raise OptionError(f"must be one of {', '.join(BACKENDS)}, got {backend!r}", argument="backend")
-    if options.precision not in (None, *PRECISIONS):
-        raise OptionError(f"must be one of {', '.join(PRECISIONS)}, got {options.precision!r}", argument="precision")
+    if options.precision not in (None, *RUN_PRECISIONS):
+        raise OptionError(f"must be one of {', '.join(RUN_PRECISIONS)}, got {options.precision!r}",
+                          argument="precision")
     if backend == "torch":
         for name in ("export_dir", "precision", "calibration"):
             if getattr(options, name) is not None:
                 raise OptionError("needs --backend onnxruntime or openvino (the torch backend runs the checkpoint "
                                   "itself)", argument=name)
         return
-    if options.precision == "int8" and backend != "openvino":
-        raise OptionError("int8 runs on OpenVINO: pass --backend openvino", argument="precision")
+    if options.precision in ("int8", "bf16") and backend != "openvino":
+        raise OptionError(f"{options.precision} runs on OpenVINO: pass --backend openvino", argument="precision")
     if options.device not in ("auto", "cpu"):
         raise OptionError(f"--backend {backend} runs on the CPU; for {options.device!r} use --backend torch",
                           argument="device")
@@ -86,24 +92,35 @@ def checked_export_dir(options: ModelOptions) -> ExportPlan | None:
     if metadata["format"] != fmt:
         raise OptionError(f"{options.export_dir}: a {metadata['format']} export; --backend {options.backend} runs "
                           f"{fmt} exports (osediff export --format {fmt})", argument="export_dir")
-    if options.precision not in (None, metadata["precision"]):
-        raise OptionError(f"{options.export_dir}: a {metadata['precision']} export, not {options.precision}",
-                          argument="export_dir")
-    return ExportPlan(Path(os.path.abspath(options.export_dir)), fmt, metadata["precision"])
+    if options.precision is not None and _folder_precision(options) != metadata["precision"]:
+        raise OptionError(f"{options.export_dir}: a {metadata['precision']} export, not "
+                          f"{_folder_precision(options)}", argument="export_dir")
+    return ExportPlan(Path(os.path.abspath(options.export_dir)), fmt, metadata["precision"],
+                      inference=_inference(options))
 
 
 def planned_export(options: ModelOptions, base: Path | None, weights: Path | None) -> ExportPlan:
     """Where the export of ``base`` + ``weights`` for ``options`` lies in the cache, made or not."""
     from ..checkpoint.hub import cache_dir
 
-    fmt, precision = BACKEND_FORMATS[options.backend], options.precision or "fp32"
+    fmt, precision = BACKEND_FORMATS[options.backend], _folder_precision(options)
     calibration = calibration_folder(options.calibration) if precision == "int8" else None
     recipe = {"layout": LAYOUT_VERSION, "format": fmt, "precision": precision,
               "weights": file_sha256(weights) if weights else "",
               "base": _base_identity(base) if base else "",
               "calibration": _photos_identity(calibration) if calibration else ""}
     digest = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
-    return ExportPlan(cache_dir() / "exports" / f"{fmt}-{precision}-{digest}", fmt, precision, calibration)
+    return ExportPlan(cache_dir() / "exports" / f"{fmt}-{precision}-{digest}", fmt, precision, calibration,
+                      _inference(options))
+
+
+def _folder_precision(options: ModelOptions) -> str:
+    """The precision of the export folder ``options`` run: bf16 runs an fp32 one."""
+    return "fp32" if options.precision in (None, "bf16") else options.precision
+
+
+def _inference(options: ModelOptions) -> str:
+    return "bf16" if options.precision == "bf16" else "f32"
 
 
 def calibration_folder(given: str | None) -> Path:

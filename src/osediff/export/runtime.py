@@ -27,9 +27,14 @@ from .folder import GRAPHS, ExportError, graph_path, read_metadata
 from .vae_tiles import LATENT_SCALE, blended_tiles, decoder_tiling, encoder_tiling
 
 
-def load_exported(folder: Path) -> ExportedOneStepModel:
-    """The runtime model of an export folder, by the format its metadata names."""
-    return RUNTIMES[read_metadata(folder)["format"]](folder)
+def load_exported(folder: Path, inference: str = "f32") -> ExportedOneStepModel:
+    """The runtime model of an export folder, by the format its metadata names; ``inference`` bf16
+    (OpenVINO only) computes the layers that are not int8 in bf16."""
+    if read_metadata(folder)["format"] == "openvino":
+        return OpenVinoOneStepModel(folder, inference=inference)
+    if inference != "f32":
+        raise ExportError(f"{folder}: ONNX Runtime runs exports in their own precision, not {inference}")
+    return OnnxOneStepModel(folder)
 
 
 UNTILED = TileConfig(enabled=False)
@@ -137,18 +142,21 @@ class OnnxOneStepModel(ExportedOneStepModel):
 class OpenVinoOneStepModel(ExportedOneStepModel):
     """The graphs of an OpenVINO export folder compiled for the CPU.
 
-    Inference precision is held at f32: OpenVINO would otherwise run f32 graphs in bf16 on CPUs that
-    have it, which is no longer the exported model; int8 graphs keep their quantised layers int8.
+    Inference precision is f32 unless ``inference="bf16"``: OpenVINO would otherwise run f32 graphs
+    in bf16 on CPUs that have it, which is no longer the exported model (bf16 is asked for by name,
+    ``--precision bf16``, with its drift stated); int8 graphs keep their quantised layers int8.
     """
 
-    def __init__(self, folder: Path, device: str = "CPU") -> None:
+    def __init__(self, folder: Path, device: str = "CPU", inference: str = "f32") -> None:
         import openvino as ov
 
         super().__init__(folder)
         if self.metadata["format"] != "openvino":
             raise ExportError(f"{folder}: a {self.metadata['format']} export, not openvino (use load_exported)")
         core = ov.Core()
-        config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
+        if inference not in ("f32", "bf16"):
+            raise ExportError(f"inference precision must be f32 or bf16, got {inference!r}")
+        config = {"INFERENCE_PRECISION_HINT": inference, "PERFORMANCE_HINT": "LATENCY"}
         self._graphs = {name: core.compile_model(str(self.folder / graph_path(name, "openvino")), device, config)
                          for name in GRAPHS}
 
