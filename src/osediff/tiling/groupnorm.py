@@ -32,8 +32,13 @@ class ChannelStats:
         n = chunk.shape[-2] * chunk.shape[-1]
         if n == 0:
             return
-        var, mean = torch.var_mean(_pixels_by_channel(chunk).float(), dim=1, correction=0)
-        m2 = var * n
+        # two passes, the mean and then the squared deviations from it, keep fp32's digits as
+        # Welford's var_mean does but run at the speed of plain sums: torch's var_mean over the
+        # pixel axis took 28 % of a tiled bf16 decode (profiled at 1024x1024), 1.7x (fp32) and 1.15x
+        # (bf16) slower than this; the sums read a bf16 map directly, without a fp32 copy
+        pixels = _pixels_by_channel(chunk)
+        mean = pixels.sum(dim=1, dtype=torch.float32).div_(n)
+        m2 = torch.sub(pixels, mean[:, None]).square_().sum(dim=1)  # one fp32 temporary
         if self.mean is None or self.m2 is None:
             self.count, self.mean, self.m2 = n, mean, m2
             return
