@@ -185,3 +185,13 @@ def test_every_front_end_takes_the_backend_flags(command, openvino_dir):
 
 def _with_files(options: ModelOptions):
     return options, find_model_files(options, ["text"])
+
+
+def test_the_service_engine_loads_an_export_and_says_so(openvino_dir, single_thread):
+    from osediff.serve.engine import Engine, Job, ServeConfig
+
+    config = ServeConfig.find(ModelOptions(backend="openvino", export_dir=str(openvino_dir), precision="bf16"))
+    engine = Engine(config)
+    assert (engine.device, engine.dtype) == ("cpu", "openvino fp32 in bf16")
+    [result] = engine.run([Job(LoadedImage(photo(0), None), UpscaleParams(upscale=2, prompt_extractor="text"))])
+    assert result.image.size == (40, 24)

@@ -255,3 +255,21 @@ def test_video_segments_go_over_two_replicas_and_a_killed_ones_segment_is_redone
     assert frame_pts(out / "short.mp4") == [i * 512 for i in range(12)]
     assert audio_packets(out / "long.mp4") == audio_packets(src / "long.mp4")
     assert sorted(p.name for p in out.iterdir()) == sorted([MANIFEST_NAME, "long.mp4", "short.mp4", "still.png"])
+
+
+def test_the_ray_replicas_run_an_openvino_export_as_the_local_runner_does(upscale, tiny_base_dir, tiny_pkl, tmp_path):
+    pytest.importorskip("openvino")
+    exported = tmp_path / "ov"
+    assert main(["export", "-o", str(exported), "--format", "openvino", "--base", str(tiny_base_dir),
+                 "--weights", str(tiny_pkl), "--offline"]) == 0
+    src = make_inputs(tmp_path / "in", 3)
+    outputs = {}
+    for engine in ("ray", "local"):
+        outputs[engine] = tmp_path / engine
+        assert main(["upscale", str(src), "-o", str(outputs[engine]), "-s", "2", "--prompt-extractor", "text",
+                     "--prompt", "a photo", "--backend", "openvino", "--export-dir", str(exported),
+                     "--engine", engine]) == 0
+    assert images_in(outputs["ray"]) == images_in(src)
+    for name in images_in(src):
+        ray_image, local_image = (np.asarray(Image.open(outputs[e] / name), np.int16) for e in ("ray", "local"))
+        assert ray_image.shape == local_image.shape and np.abs(ray_image - local_image).max() <= 1, name

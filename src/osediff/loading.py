@@ -55,6 +55,13 @@ def load_upscaler(options: ModelOptions, files: ModelFiles | None = None, *, dev
     return Upscaler(pipe, extractors, owns_models=True)
 
 
+def describe_precision(model: object) -> str:
+    """How a loaded model computes, for logs and /v1/info: the torch dtype's name (``float32``), or
+    an export's runtime and precision (``openvino int8``)."""
+    describe = getattr(model, "describe_precision", None)
+    return describe() if describe is not None else str(model.dtype).removeprefix("torch.")  # type: ignore[attr-defined]
+
+
 def _load_exported(options: ModelOptions, files: ModelFiles, fixed_prompts: Sequence[str] | None,
                    build_extractors: bool) -> Upscaler:
     """The export ``files.exported`` plans (made first if it is not there yet) in its runtime, on the CPU."""

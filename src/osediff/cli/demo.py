@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     from ..demo.page import build_demo, launch_demo
     from ..demo.service import DemoSettings, UpscaleService
     from ..errors import OSEDiffError
-    from ..loading import load_upscaler
+    from ..loading import describe_precision, load_upscaler
     from ..model_files import find_model_files
     from ..presets import get_preset
     from ..prompts import available_prompt_extractors
@@ -75,7 +75,8 @@ def run(args: argparse.Namespace) -> int:
         preset = get_preset(model.preset)
         defaults = DemoSettings(upscale=preset.upscale, align=preset.align, extractor=args.prompt_extractor)
         demo = build_demo(None, examples, service=service, defaults=defaults)
-        print(f"model on {upscaler.device} ({upscaler.pipe.dtype}); examples: {examples or 'none'}", flush=True)
+        print(f"model on {upscaler.device} ({describe_precision(upscaler.pipe)}); examples: {examples or 'none'}",
+              flush=True)
         launch_demo(demo, host=args.host, port=args.port, share=args.share, concurrency=args.concurrency,
                     queue_size=args.queue_size, max_file_size=limits.max_bytes,
                     announce=lambda url, public: _announce(url, public, asked=args.share))

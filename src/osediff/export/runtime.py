@@ -68,6 +68,11 @@ class ExportedOneStepModel(ABC):
     def device(self) -> torch.device:
         return torch.device("cpu")
 
+    def describe_precision(self) -> str:
+        """The runtime and precision, e.g. ``openvino int8`` (see :func:`osediff.loading.describe_precision`)."""
+        inference = getattr(self, "inference", "f32")
+        return f"{self.metadata['format']} {self.metadata['precision']}" + (" in bf16" if inference == "bf16" else "")
+
     @abstractmethod
     def _run_graph(self, name: str, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         """The outputs of graph ``name`` for ``feeds``, in the graph's output order."""
@@ -156,6 +161,7 @@ class OpenVinoOneStepModel(ExportedOneStepModel):
         core = ov.Core()
         if inference not in ("f32", "bf16"):
             raise ExportError(f"inference precision must be f32 or bf16, got {inference!r}")
+        self.inference = inference
         config = {"INFERENCE_PRECISION_HINT": inference, "PERFORMANCE_HINT": "LATENCY"}
         self._graphs = {name: core.compile_model(str(self.folder / graph_path(name, "openvino")), device, config)
                          for name in GRAPHS}

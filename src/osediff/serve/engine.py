@@ -77,7 +77,7 @@ class Engine:
     def __init__(self, config: ServeConfig) -> None:
         import torch
 
-        from ..loading import load_upscaler
+        from ..loading import describe_precision, load_upscaler
         from ..quiet import quiet_libraries
 
         quiet_libraries()  # a replica is a process of its own: its load bars would flood the driver's log
@@ -87,7 +87,7 @@ class Engine:
         # every extractor now: no request waits for a model to load
         self.upscaler = load_upscaler(config.model, config.files, build_extractors=True)
         self.pipe = self.upscaler.pipe
-        self.device, self.dtype = str(self.pipe.device), str(self.pipe.dtype).removeprefix("torch.")
+        self.device, self.dtype = str(self.pipe.device), describe_precision(self.pipe)
 
     def run(self, jobs: list[Job]) -> list[JobResult | BaseException]:
         """Results in the order of ``jobs``; an exception in place of each request of a failed call."""
