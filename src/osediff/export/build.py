@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import os
-import shutil
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -20,7 +18,7 @@ from pathlib import Path
 
 from ..fileio import file_sha256
 from ..model_files import ModelFiles, ModelOptions
-from .folder import ExportError
+from .folder import ExportError, replaced_folder
 from .plan import ExportPlan
 
 
@@ -75,14 +73,8 @@ def ensure_export(options: ModelOptions, files: ModelFiles) -> Path:
             return plan.folder
         print(f"exporting the model for --backend {options.backend} ({plan.precision}) into {plan.folder}, "
               "once; later runs load it", file=sys.stderr)
-        staging = plan.folder.parent / f".{plan.folder.name}.partial-{os.getpid()}"
-        shutil.rmtree(staging, ignore_errors=True)
-        try:
+        with replaced_folder(plan.folder) as staging:  # over an incomplete one an interrupted run left
             build_export(files, staging, plan.fmt, plan.precision, plan.calibration)
-            shutil.rmtree(plan.folder, ignore_errors=True)  # an incomplete one an interrupted run left
-            staging.rename(plan.folder)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
     return plan.folder
 
 

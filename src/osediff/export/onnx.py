@@ -21,7 +21,7 @@ import torch
 
 from .. import __version__
 from ..diffusion import ONE_STEP_TIMESTEP
-from .folder import GRAPH_FILES, GRAPHS, ExportError, graph_path, write_metadata
+from .folder import GRAPH_FILES, GRAPHS, ExportError, graph_path, replaced_folder, write_metadata
 
 OPSET = 17
 GRAPH_FILE, WEIGHTS_FILE = GRAPH_FILES["onnx"]
@@ -107,15 +107,11 @@ def _export_graph(module: torch.nn.Module, args: tuple, inputs: list[str], outpu
     """One graph into ``folder`` as model.onnx + model.onnx.data: the weights beside the graph, since
     protobuf files stop at 2 GB (the full-size UNet is 3.4 GB in fp32). The pair replaces any earlier
     one only once both are written."""
-    import os
     import shutil
 
     import onnx
 
-    staging = folder.parent / f".{folder.name}.partial-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)  # the umask's mode, as every other output
-    try:
+    with replaced_folder(folder) as staging:
         traced = staging / "traced" / GRAPH_FILE
         traced.parent.mkdir()
         with torch.no_grad(), warnings.catch_warnings():
@@ -125,7 +121,3 @@ def _export_graph(module: torch.nn.Module, args: tuple, inputs: list[str], outpu
         onnx.save_model(onnx.load(str(traced)), str(staging / GRAPH_FILE), save_as_external_data=True,
                         all_tensors_to_one_file=True, location=WEIGHTS_FILE, size_threshold=0)
         shutil.rmtree(staging / "traced")
-        shutil.rmtree(folder, ignore_errors=True)
-        staging.rename(folder)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)

@@ -8,11 +8,10 @@ result (:mod:`osediff.export.quantize`).
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
-from .folder import GRAPHS, graph_path, read_metadata, write_metadata
+from .folder import GRAPHS, graph_path, read_metadata, replaced_folder, write_metadata
 
 
 def convert_onnx_folder(onnx_folder: Path, out: Path) -> dict:
@@ -36,12 +35,6 @@ def save_graph(model, folder: Path) -> None:
     """``model`` as folder/openvino_model.xml + .bin, replacing an earlier pair only once both are written."""
     import openvino as ov
 
-    staging = folder.parent / f".{folder.name}.partial-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    try:
+    with replaced_folder(folder) as staging:
         ov.save_model(model, str(staging / graph_path(folder.name, "openvino").name), compress_to_fp16=False)
-        shutil.rmtree(folder, ignore_errors=True)
-        staging.rename(folder)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
 

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import OptionError
 from ..fileio import file_sha256
+from ..images import list_images
 from .folder import ExportError, read_metadata
 
 if TYPE_CHECKING:
@@ -30,7 +31,6 @@ RUN_PRECISIONS = ("fp32", "bf16", "int8")
 BACKEND_FORMATS = {"onnxruntime": "onnx", "openvino": "openvino"}
 LAYOUT_VERSION = 1  # bump when the graphs an export holds change, so cached exports are remade
 _BASE_WEIGHTS = ("unet", "vae", "text_encoder")
-_CALIBRATION_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 
 
 @dataclass(frozen=True)
@@ -126,18 +126,14 @@ def _inference(options: ModelOptions) -> str:
 def calibration_folder(given: str | None) -> Path:
     """The folder of low-quality photos int8 is calibrated on: ``given``, else the checkout's ``examples/``."""
     folder = Path(given).expanduser() if given else Path(__file__).resolve().parents[3] / "examples"
-    if not folder.is_dir() or not _calibration_photos(folder):
+    if not folder.is_dir() or not list_images(folder):
         where = f"{folder}: no photos" if given else "no --calibration folder given and no examples/ folder found"
         raise OptionError(f"{where} to calibrate int8 on (a folder of low-quality photos)", argument="calibration")
     return folder.absolute()
 
 
-def _calibration_photos(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in _CALIBRATION_SUFFIXES and p.is_file())
-
-
 def _photos_identity(folder: Path) -> list[tuple[str, str]]:
-    return [(p.name, file_sha256(p)) for p in _calibration_photos(folder)]
+    return [(p.name, file_sha256(p)) for p in list_images(folder)]
 
 
 def _base_identity(base: Path) -> list:

@@ -43,6 +43,8 @@ UNTILED = TileConfig(enabled=False)
 class ExportedOneStepModel(ABC):
     """The step's model protocol over four exported graphs; subclasses run one graph by name."""
 
+    inference = "f32"  # the precision the layers that are not int8 compute in
+
     def __init__(self, folder: Path) -> None:
         from transformers import AutoTokenizer
 
@@ -70,8 +72,8 @@ class ExportedOneStepModel(ABC):
 
     def describe_precision(self) -> str:
         """The runtime and precision, e.g. ``openvino int8`` (see :func:`osediff.loading.describe_precision`)."""
-        inference = getattr(self, "inference", "f32")
-        return f"{self.metadata['format']} {self.metadata['precision']}" + (" in bf16" if inference == "bf16" else "")
+        described = f"{self.metadata['format']} {self.metadata['precision']}"
+        return described + (" in bf16" if self.inference == "bf16" else "")
 
     @abstractmethod
     def _run_graph(self, name: str, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
