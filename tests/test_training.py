@@ -183,7 +183,8 @@ def test_exported_weights_load_in_the_pipeline_and_change_its_output(trained, ti
     image = Image.open(HR / "Canon_001_LR4.webp").convert("RGB").crop((0, 0, 16, 16))
     outputs = {}
     for key, spec in (("pkl", pkl), ("safetensors", safetensors), ("none", None)):
-        pipe = OSEDiffPipeline.from_pretrained(tiny_base_dir, spec, device="cpu", dtype="fp32")
+        # an fp32 decoder: the default is bf16 on CPUs that have it, and the trainer's decode below is fp32
+        pipe = OSEDiffPipeline.from_pretrained(tiny_base_dir, spec, device="cpu", dtype="fp32", decoder_dtype="fp32")
         outputs[key] = pipe.run(image, 4, "", align="none", output_type="pt").image
     assert torch.equal(outputs["pkl"], outputs["safetensors"])
     assert (outputs["pkl"] - outputs["none"]).abs().max() > 1e-3
