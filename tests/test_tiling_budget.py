@@ -15,10 +15,13 @@ from osediff.tiling.budget import (
     GIB,
     MAX_AUTO_TILE,
     UNET_BYTES_PER_LATENT_PIXEL,
+    VAE_BYTES_PER_PIXEL,
     even_tile,
     memory_budget,
     unet_tiling,
     vae_recompute_above,
+    vae_tile,
+    vae_untiled_bytes,
 )
 from osediff.tiling.latent import tile_starts, tiled_apply
 
@@ -150,3 +153,56 @@ def test_pipeline_tiles_and_recomputes_from_its_budget(fresh_components, tiny_we
     shapes.clear()
     pipe.run(image, 4, "", tiles=starved, output_type="pt")
     assert shapes == [(1, 4, *plan.tile)] * (plan.counts[0] * plan.counts[1])
+
+
+CPU = torch.device("cpu")
+
+
+@pytest.mark.parametrize(("stage", "side", "pixels", "auto"), [
+    ("encoder", 2048, 2048 * 2048, 1024),   # image pixels
+    ("decoder", 256, 2048 * 2048, 224),     # latent pixels
+])
+def test_vae_runs_whole_where_the_budget_holds_it(stage, side, pixels, auto):
+    needed = vae_untiled_bytes(stage, pixels, 4)
+    assert needed == VAE_BYTES_PER_PIXEL[stage, 4] * pixels
+    assert vae_tile(TileConfig(memory_budget=needed), stage, side, pixels, 4, CPU) is None
+    assert vae_tile(TileConfig(memory_budget=needed - 1), stage, side, pixels, 4, CPU) == auto
+    # bf16 maps need less: the same budget that tiles fp32 holds the bf16 stage whole
+    assert vae_untiled_bytes(stage, pixels, 2) < needed
+    assert vae_tile(TileConfig(memory_budget=needed - 1), stage, side, pixels, 2, CPU) is None
+    # no larger than one automatic tile: whole, whatever the budget; tiling off: whole
+    assert vae_tile(TileConfig(memory_budget=1), stage, auto, auto * auto, 4, CPU) is None
+    assert vae_tile(TileConfig(enabled=False, memory_budget=1), stage, side, pixels, 4, CPU) is None
+
+
+def test_explicit_vae_tiles_tile_every_larger_image():
+    tiles = TileConfig(vae_encoder_tile=512, vae_decoder_tile=32, memory_budget=BIG)
+    assert vae_tile(tiles, "encoder", 520, 520 * 520, 4, CPU) == 512
+    assert vae_tile(tiles, "encoder", 512, 512 * 512, 4, CPU) is None
+    assert vae_tile(tiles, "decoder", 33, 33 * 33 * 64, 2, CPU) == 32
+    with pytest.raises(ParamError) as error:
+        TileConfig(vae_decoder_tile=0)
+    assert error.value.argument == "tiles.vae_decoder_tile"
+
+
+def test_pipeline_tiles_the_vae_only_past_its_budget(fresh_components, tiny_weights, monkeypatch):
+    """With the automatic tile sizes made tiny-model sized, a budget that holds the image runs the
+    VAE whole and one that does not runs it tiled, to the same image (float rounding)."""
+    import osediff.tiling.vae as tiled_vae
+
+    pipe = OSEDiffPipeline(fresh_components)
+    pipe.load_weights(tiny_weights)
+    monkeypatch.setattr(budget_module, "AUTO_VAE_ENCODER_TILE", 32)
+    monkeypatch.setattr(budget_module, "AUTO_VAE_DECODER_TILE", 4)
+    tiled = []
+    for name in ("tiled_encode", "tiled_decode"):
+        real = getattr(tiled_vae, name)
+        monkeypatch.setattr(tiled_vae, name, lambda *a, _real=real, _name=name, **k:
+                            tiled.append((_name, k["tile_size"])) or _real(*a, **k))
+    image = torch.rand(3, 24, 16, generator=torch.Generator().manual_seed(6))  # 96 x 64 at x4
+    roomy = pipe.run(image, 4, "", tiles=TileConfig(latent_tile=96, memory_budget=BIG), output_type="pt").image
+    assert tiled == []
+    tight = pipe.run(image, 4, "", tiles=TileConfig(latent_tile=96, memory_budget=96 * 64 * 1000),
+                     output_type="pt").image
+    assert tiled == [("tiled_encode", 32), ("tiled_decode", 4)]
+    assert (tight - roomy).abs().max().item() < 1e-4

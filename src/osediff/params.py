@@ -31,6 +31,10 @@ MAX_GUIDANCE = 20.0
 # automatic UNet tiles are at most this many latent pixels per side (2.25x SD's 64 training size): the
 # UNet's attention has not seen wider contexts, and wider tiles are not cheaper per pixel anyway
 MAX_AUTO_LATENT_TILE = 144  # far past where any prompt still helps; a typo like 75 is refused
+# the tiled VAE's tiles when the memory budget cannot hold the whole image (encoder: image pixels,
+# decoder: latent pixels); images no larger never tile
+AUTO_VAE_ENCODER_TILE = 1024
+AUTO_VAE_DECODER_TILE = 224
 
 
 class ParamError(OptionError):
@@ -60,8 +64,11 @@ class TileConfig:
     (``latent_tile=None``: the fewest, evenly sized tiles of at most 144 latent pixels that fit,
     overlapping by ``latent_overlap``), how many of them go through the network together (at most
     ``tiles_per_pass``) and which tiled-VAE maps are recomputed instead of stored. An explicit
-    ``latent_tile`` is used as given (the authors' test script: 96 with overlap 32). VAE encoder
-    tiles of 1024 px and decoder tiles of 224 latent px are where the tiled VAE starts.
+    ``latent_tile`` is used as given (the authors' test script: 96 with overlap 32). The VAE runs
+    on the whole image when the budget holds it (``vae_encoder_tile`` / ``vae_decoder_tile`` None),
+    else in tiles of 1024 px (encoder) and 224 latent px (decoder); an explicit tile size tiles
+    every image larger than it. Tiled equals untiled to float rounding either way; the whole image
+    is faster (no per-tile copies and statistics passes).
     ``vae_maps`` is where the tiled VAE keeps its full-size feature maps between layers:
     ``"cpu"`` bounds GPU memory by one tile's work (slower: every layer's map crosses PCIe),
     ``"auto"`` picks it on a GPU when the maps of the image would take over a quarter of the free
@@ -71,8 +78,8 @@ class TileConfig:
     enabled: bool = True
     latent_tile: int | None = None
     latent_overlap: int = 32
-    vae_encoder_tile: int = 1024
-    vae_decoder_tile: int = 224
+    vae_encoder_tile: int | None = None
+    vae_decoder_tile: int | None = None
     tiles_per_pass: int = 4
     vae_maps: VaeMaps = "auto"
     memory_budget: int | None = None
@@ -81,7 +88,7 @@ class TileConfig:
         _require(isinstance(self.enabled, bool), "tiles.enabled", f"must be True or False, got {self.enabled!r}")
         for name in ("latent_tile", "vae_encoder_tile", "vae_decoder_tile", "tiles_per_pass", "memory_budget"):
             value = getattr(self, name)
-            optional = name in ("latent_tile", "memory_budget") and value is None
+            optional = name != "tiles_per_pass" and value is None
             _require(optional or (_is_int(value) and value >= 1), f"tiles.{name}",
                      f"must be an integer >= 1, got {value!r}")
         overlap, tile = self.latent_overlap, self.latent_tile

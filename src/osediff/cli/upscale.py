@@ -19,6 +19,8 @@ from ..batch.storage import parse_storage_options
 from ..images import DEFAULT_MAX_PIXELS
 from ..params import (
     ALIGN_METHODS,
+    AUTO_VAE_DECODER_TILE,
+    AUTO_VAE_ENCODER_TILE,
     LATENT_MODES,
     OUTPUT_FORMATS,
     VAE_MAPS,
@@ -84,9 +86,11 @@ def add_command(subparsers: argparse._SubParsersAction) -> None:
     tiles.add_argument("--latent-overlap", type=int, default=None,
                        help=f"UNet tile overlap in latent pixels (default: {TILES.latent_overlap})")
     tiles.add_argument("--vae-encoder-tile", type=int, default=TILES.vae_encoder_tile,
-                       help="VAE encoder tile in pixels")
+                       help="VAE encoder tile in pixels (default: the whole image where --memory-budget holds it, "
+                            f"else {AUTO_VAE_ENCODER_TILE})")
     tiles.add_argument("--vae-decoder-tile", type=int, default=TILES.vae_decoder_tile,
-                       help="VAE decoder tile in latent pixels")
+                       help="VAE decoder tile in latent pixels (default: the whole image where --memory-budget "
+                            f"holds it, else {AUTO_VAE_DECODER_TILE})")
     tiles.add_argument("--memory-budget", type=_memory_size, default=TILES.memory_budget, metavar="SIZE",
                        help="memory the tiling may use beyond the model, e.g. 6G or 512M (default: auto, 3/4 of the "
                             "memory available when each stage starts); UNet tiles and which tiled-VAE maps are "

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from ..diffusion import predict_x0
-from ..params import LatentMode, TileConfig
+from ..params import AUTO_VAE_DECODER_TILE, AUTO_VAE_ENCODER_TILE, LatentMode, TileConfig
 from ..pipeline.model import VAE_MULTIPLE, guided_noise, pad_to_multiple
 from ..pipeline.timing import timed
 from .folder import GRAPHS, ExportError, graph_path, read_metadata
@@ -97,7 +97,8 @@ class ExportedOneStepModel(ABC):
                       tiles: TileConfig = UNTILED) -> torch.Tensor:
         """z_L of images in [0, 1] (padded to the VAE's multiple), in blended tiles if ``tiles`` says so."""
         x = pad_to_multiple(x_l.float() * 2 - 1, VAE_MULTIPLE)
-        tile, overlap = encoder_tiling(tiles.vae_encoder_tile) if tiles.enabled else (max(x.shape[-2:]), 0)
+        tile, overlap = (encoder_tiling(tiles.vae_encoder_tile or AUTO_VAE_ENCODER_TILE) if tiles.enabled
+                         else (max(x.shape[-2:]), 0))
         mean, std = blended_tiles(lambda part: self._run("vae_encoder", x=part), x, tile, overlap, 1 / LATENT_SCALE)
         if latent == "sample":
             generator = torch.Generator("cpu").manual_seed(seed) if seed is not None else None
@@ -124,7 +125,8 @@ class ExportedOneStepModel(ABC):
 
     def decode(self, z_h: torch.Tensor, tiles: TileConfig = UNTILED) -> torch.Tensor:
         """The decoder's image in [-1, 1] of the scaled latent ``z_h``, in blended tiles if ``tiles`` says so."""
-        tile, overlap = decoder_tiling(tiles.vae_decoder_tile) if tiles.enabled else (max(z_h.shape[-2:]), 0)
+        tile, overlap = (decoder_tiling(tiles.vae_decoder_tile or AUTO_VAE_DECODER_TILE) if tiles.enabled
+                         else (max(z_h.shape[-2:]), 0))
         return blended_tiles(lambda part: self._run("vae_decoder", z=part.float()), z_h, tile, overlap,
                              LATENT_SCALE)[0]
 

@@ -31,7 +31,7 @@ from ..errors import OSEDiffError
 from ..lora import VAE_ADAPTER, attach_lora_adapters, merge_lora
 from ..params import LatentMode, TileConfig
 from ..quiet import quiet_loading
-from ..tiling.budget import unet_tiling_for
+from ..tiling.budget import unet_tiling_for, vae_tile
 from ..tiling.latent import tiled_apply
 from ..tiling.memory import decoded_pixels, vae_maps_plan
 from .step import PipelineInputError, SRResult, Upscaler
@@ -185,11 +185,13 @@ class OSEDiffPipeline:
         from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 
         x = x.to(self.device, self.vae.dtype)
-        if tiles.enabled and max(x.shape[-2:]) > tiles.vae_encoder_tile:
+        pixels = x.shape[-2] * x.shape[-1]
+        tile = vae_tile(tiles, "encoder", max(x.shape[-2:]), pixels, x.element_size(), self.device)
+        if tile is not None:
             from ..tiling.vae import tiled_encode
 
-            store, recompute = vae_maps_plan(tiles, self.device, x.shape[-2] * x.shape[-1], self.vae.dtype)
-            dist = DiagonalGaussianDistribution(tiled_encode(self.vae, x, tile_size=tiles.vae_encoder_tile,
+            store, recompute = vae_maps_plan(tiles, self.device, pixels, self.vae.dtype)
+            dist = DiagonalGaussianDistribution(tiled_encode(self.vae, x, tile_size=tile,
                                                              offload_device=store, recompute_above=recompute))
         else:
             dist = self.vae.encode(x).latent_dist
@@ -213,19 +215,19 @@ class OSEDiffPipeline:
         return predict_x0(z, eps, self.alpha_bar)
 
     def decode_latent(self, z: torch.Tensor, tiles: TileConfig) -> torch.Tensor:
-        """x = D(z / sf).clamp(-1, 1); tiled above ``tiles.vae_decoder_tile`` latent pixels."""
-        tiled = tiles.enabled and max(z.shape[-2:]) > tiles.vae_decoder_tile
+        """x = D(z / sf).clamp(-1, 1), in tiles where :func:`osediff.tiling.budget.vae_tile` says so."""
         if self.preview_decoder is not None:
             # TAESD's own tiling, chosen per call (its enable_tiling() switch would outlive the call)
-            decoder = self.preview_decoder
-            z = z.to(self.dtype)
-            return (decoder._tiled_decode(z) if tiled else decoder.decoder(z)).float().clamp(-1, 1)
+            decoder, z = self.preview_decoder, z.to(self.dtype)
+            tile = vae_tile(tiles, "decoder", max(z.shape[-2:]), decoded_pixels(z), z.element_size(), self.device)
+            return (decoder._tiled_decode(z) if tile is not None else decoder.decoder(z)).float().clamp(-1, 1)
         z = (z / self.vae.config.scaling_factor).to(self.vae.decoder.conv_out.weight.dtype)
-        if tiled:
+        tile = vae_tile(tiles, "decoder", max(z.shape[-2:]), decoded_pixels(z), z.element_size(), self.device)
+        if tile is not None:
             from ..tiling.vae import tiled_decode
 
             store, recompute = vae_maps_plan(tiles, self.device, decoded_pixels(z), z.dtype)
-            x = tiled_decode(self.vae, z, tile_size=tiles.vae_decoder_tile, offload_device=store,
+            x = tiled_decode(self.vae, z, tile_size=tile, offload_device=store,
                              recompute_above=recompute)
         else:
             x = self.vae.decode(z).sample

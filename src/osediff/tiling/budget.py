@@ -22,8 +22,8 @@ from pathlib import Path
 
 import torch
 
+from ..params import AUTO_VAE_DECODER_TILE, AUTO_VAE_ENCODER_TILE, TileConfig
 from ..params import MAX_AUTO_LATENT_TILE as MAX_AUTO_TILE
-from ..params import TileConfig
 from .latent import tile_starts
 
 GIB = 1 << 30
@@ -38,6 +38,12 @@ UNET_ATTENTION_SHARE = 0.08
 # peak resident growth of one fp32 UNet forward per latent pixel of its input (measured 64-144 px)
 UNET_BYTES_PER_LATENT_PIXEL = 40 << 10
 _VAE_ATTENTION_CHANNELS = 512  # the SD VAE mid-block attention width (keys and values held whole)
+# peak resident growth of the untiled SD VAE per image pixel, by stage and bytes per map element:
+# measured (ru_maxrss over the loaded model, diffusers' Encoder / Decoder with torch's CPU SDPA) at
+# 512-1536 px as fp32 encoder 2566-2608, bf16 encoder 1554, fp32 decoder 4053-4928, bf16 decoder
+# 2449-3029 (its GroupNorms compute in fp32), the large-image figures plus 10 %; an H200's fp16
+# 2048 px decode peaked at 9.8 GiB (2500 per pixel), in line
+VAE_BYTES_PER_PIXEL = {("encoder", 4): 2850, ("encoder", 2): 1750, ("decoder", 4): 4500, ("decoder", 2): 2700}
 
 
 @dataclass(frozen=True)
@@ -126,6 +132,35 @@ def vae_recompute_above(budget: int, pixels: int, itemsize: int, max_tile_elemen
     keys_values = 2 * _VAE_ATTENTION_CHANNELS * (pixels // 64) * itemsize
     temporaries = 8 * max_tile_elements * itemsize
     return max(0, (budget - keys_values - temporaries) // 2)
+
+
+def vae_untiled_bytes(stage: str, pixels: int, itemsize: int) -> int:
+    """Peak memory of the untiled VAE ``stage`` ("encoder" or "decoder") for an image of ``pixels``
+    pixels with ``itemsize``-byte maps: a few of its 128-256 channel full-resolution maps at once."""
+    per_pixel = VAE_BYTES_PER_PIXEL.get((stage, itemsize), VAE_BYTES_PER_PIXEL[stage, 4] * itemsize // 4)
+    return per_pixel * pixels
+
+
+def vae_tile(tiles: TileConfig, stage: str, side: int, pixels: int, itemsize: int,
+             device: torch.device) -> int | None:
+    """The tile size the VAE ``stage`` runs at on an image whose longer side is ``side`` (image
+    pixels for the encoder, latent pixels for the decoder) and which has ``pixels`` image pixels;
+    None for the whole image at once.
+
+    An explicit ``tiles.vae_encoder_tile`` / ``vae_decoder_tile`` tiles every image larger than it.
+    Unset, the whole image runs when the budget on ``device`` holds :func:`vae_untiled_bytes`
+    (faster: the tiled VAE's per-tile copies and statistics passes cost up to 2x on a CPU), else
+    tiles of :data:`~osediff.params.AUTO_VAE_ENCODER_TILE` / ``AUTO_VAE_DECODER_TILE``.
+    """
+    if not tiles.enabled:
+        return None
+    given = tiles.vae_encoder_tile if stage == "encoder" else tiles.vae_decoder_tile
+    if given is not None:
+        return given if side > given else None
+    auto = AUTO_VAE_ENCODER_TILE if stage == "encoder" else AUTO_VAE_DECODER_TILE
+    if side <= auto or vae_untiled_bytes(stage, pixels, itemsize) <= memory_budget(tiles, device.type, device.index):
+        return None
+    return auto
 
 
 def available_memory(device_type: str, device_index: int | None = None) -> int:
