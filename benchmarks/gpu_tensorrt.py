@@ -78,7 +78,7 @@ def tensorrt_row(suite, timed_runs, peak_gib) -> dict:
     from osediff.diffusion import predict_x0
     from osediff.export.onnx import export_onnx
     from osediff.pipeline import OSEDiffPipeline
-    from osediff.pipeline.step import _to_tensor, bicubic_upscale
+    from osediff.pipeline.step import bicubic_upscale, image_tensor
 
     missing = missing_packages()
     if missing or suite.device.type != "cuda":
@@ -89,7 +89,7 @@ def tensorrt_row(suite, timed_runs, peak_gib) -> dict:
                                          c.tokenizer, c.scheduler))
     cpu.load_weights(suite.weights)
     image = lr_images(suite.args.lr_size, 1)[0]
-    x_l = _to_tensor(bicubic_upscale(image, 4)).cuda()
+    x_l = image_tensor(bicubic_upscale(image, 4)).cuda()
     context = cpu.encode_prompt(PROMPT).cuda()
     side = x_l.shape[-1]
     with tempfile.TemporaryDirectory() as folder:

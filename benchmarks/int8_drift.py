@@ -78,11 +78,11 @@ def run_int8(base: str, weights: str, size: int, keeps: dict[str, dict[str, list
     from osediff.images import LoadedImage
     from osediff.params import TileConfig, UpscaleParams
     from osediff.pipeline import Upscaler
-    from osediff.pipeline.step import _to_tensor, bicubic_upscale
+    from osediff.pipeline.step import bicubic_upscale, image_tensor
 
     image = lr_images(size, 8)[-1]  # not one of examples/, which calibrate
     params = UpscaleParams(upscale=4, prompt="a photo", prompt_extractor="text", tiles=TileConfig(enabled=False))
-    x_l = _to_tensor(bicubic_upscale(image, 4))
+    x_l = image_tensor(bicubic_upscale(image, 4))
     fp32 = load_exported(fp32_export(base, weights, work / "fp32"))
     context = fp32.encode_prompt("a photo")
     reference, ref_seconds = components(fp32, x_l, context)

@@ -68,7 +68,7 @@ def calibration_samples(folder: Path, images: Sequence[Image.Image], upscale: fl
 
     from ..diffusion import predict_x0
     from ..pipeline.model import VAE_MULTIPLE, pad_to_multiple
-    from ..pipeline.step import _to_tensor, bicubic_upscale
+    from ..pipeline.step import bicubic_upscale, image_tensor
     from .runtime import OpenVinoOneStepModel
 
     model = OpenVinoOneStepModel(folder)
@@ -76,7 +76,7 @@ def calibration_samples(folder: Path, images: Sequence[Image.Image], upscale: fl
     photos = [variant for image in images for variant in (image, ImageOps.mirror(image))]
     with torch.no_grad():
         for index, photo in enumerate(photos):
-            x_l = _to_tensor(bicubic_upscale(photo, upscale))
+            x_l = image_tensor(bicubic_upscale(photo, upscale))
             samples["vae_encoder"].append({"x": pad_to_multiple(x_l * 2 - 1, VAE_MULTIPLE).numpy()})
             z_l = model.encode_latent(x_l)
             context = model.encode_prompt(CALIBRATION_PROMPTS[index % len(CALIBRATION_PROMPTS)])

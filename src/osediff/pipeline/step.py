@@ -218,7 +218,7 @@ class Upscaler:
         with timed(timings, "prompt", pipe.device):
             embedding = self.prompts.batch([prompts[i] or "" for i in group])
             negative = self.prompts.get(params.negative_prompt) if params.guidance != 1 else None
-        x_l = torch.cat([_to_tensor(upscaled[i]) for i in group])
+        x_l = torch.cat([image_tensor(upscaled[i]) for i in group])
         x_h = pipe.super_resolve(x_l, embedding, tiles=params.tiles, latent=params.latent, seed=params.seed,
                                  strength=params.strength, guidance=params.guidance, negative=negative,
                                  timings=timings)
@@ -250,8 +250,8 @@ class Upscaler:
         release_free_heap()
 
 
-def _to_tensor(image: Image.Image) -> torch.Tensor:
-    """(1, 3, H, W) float in [0, 1]."""
+def image_tensor(image: Image.Image) -> torch.Tensor:
+    """An RGB image as the (1, 3, H, W) float tensor in [0, 1] that ``super_resolve`` takes."""
     return torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
 
 
