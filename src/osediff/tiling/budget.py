@@ -41,8 +41,9 @@ _VAE_ATTENTION_CHANNELS = 512  # the SD VAE mid-block attention width (keys and 
 # peak resident growth of the untiled SD VAE per image pixel, by stage and bytes per map element:
 # measured (ru_maxrss over the loaded model, diffusers' Encoder / Decoder with torch's CPU SDPA) at
 # 512-1536 px as fp32 encoder 2566-2608, bf16 encoder 1554, fp32 decoder 4053-4928, bf16 decoder
-# 2449-3029 (its GroupNorms compute in fp32), the large-image figures plus 10 %; an H200's fp16
-# 2048 px decode peaked at 9.8 GiB (2500 per pixel), in line
+# 2449-3029; each figure below is the large-image one plus 10 % (per byte of a map element the bf16
+# stages need more than the fp32 ones, hence one figure per dtype); an H200's fp16 2048 px decode
+# peaked at 9.8 GiB (2500 per pixel), in line
 VAE_BYTES_PER_PIXEL = {("encoder", 4): 2850, ("encoder", 2): 1750, ("decoder", 4): 4500, ("decoder", 2): 2700}
 
 
