@@ -202,7 +202,8 @@ def test_pipeline_tiles_the_vae_only_past_its_budget(fresh_components, tiny_weig
     image = torch.rand(3, 24, 16, generator=torch.Generator().manual_seed(6))  # 96 x 64 at x4
     roomy = pipe.run(image, 4, "", tiles=TileConfig(latent_tile=96, memory_budget=BIG), output_type="pt").image
     assert tiled == []
-    tight = pipe.run(image, 4, "", tiles=TileConfig(latent_tile=96, memory_budget=96 * 64 * 1000),
+    below_every_stage = 96 * 64 * min(VAE_BYTES_PER_PIXEL.values()) - 1
+    tight = pipe.run(image, 4, "", tiles=TileConfig(latent_tile=96, memory_budget=below_every_stage),
                      output_type="pt").image
     assert tiled == [("tiled_encode", 32), ("tiled_decode", 4)]
     assert (tight - roomy).abs().max().item() < 1e-4

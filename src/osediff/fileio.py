@@ -1,4 +1,5 @@
-"""Small file helpers every part shares: all-or-nothing writes, file hashes, first lines of errors.
+"""Small file helpers every part shares: all-or-nothing writes (files and folders), file hashes,
+first lines of errors.
 
 An atomic write goes to a hidden temporary file in the target's folder (``.name.XXXX.suffix``, which
 listings skip) and is renamed over the target once complete, so a reader or a killed run never
@@ -7,11 +8,13 @@ leaves half a file; the result gets the permissions an ordinary ``open()`` would
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
+import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 
@@ -46,6 +49,21 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+@contextlib.contextmanager
+def replaced_folder(folder: Path) -> Iterator[Path]:
+    """A staging folder beside ``folder`` that replaces it once the block ends without an error; a
+    failed block leaves ``folder`` as it was and removes the staging folder."""
+    staging = folder.parent / f".{folder.name}.partial-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)  # the umask's mode, as every other output
+    try:
+        yield staging
+        shutil.rmtree(folder, ignore_errors=True)
+        staging.rename(folder)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 # what atomic_write leaves while it writes: "." + stem + "." + tempfile's 8 random characters + suffix

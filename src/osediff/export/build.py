@@ -16,9 +16,9 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from ..fileio import file_sha256
+from ..fileio import file_sha256, replaced_folder
 from ..model_files import ModelFiles, ModelOptions
-from .folder import ExportError, replaced_folder
+from .folder import ExportError
 from .plan import ExportPlan
 
 

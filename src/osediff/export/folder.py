@@ -10,11 +10,7 @@ No torch here: the file checks run before anything loads.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 from ..errors import OSEDiffError
@@ -54,21 +50,6 @@ def read_metadata(folder: Path | str) -> dict:
     if missing:
         raise ExportError(f"{folder}: missing {', '.join(missing)}")
     return metadata
-
-
-@contextlib.contextmanager
-def replaced_folder(folder: Path) -> Iterator[Path]:
-    """A staging folder beside ``folder`` that replaces it once the block ends without an error; a
-    failed block leaves ``folder`` as it was and removes the staging folder."""
-    staging = folder.parent / f".{folder.name}.partial-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)  # the umask's mode, as every other output
-    try:
-        yield staging
-        shutil.rmtree(folder, ignore_errors=True)
-        staging.rename(folder)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
 
 
 def write_metadata(folder: Path | str, metadata: dict) -> None:

@@ -21,7 +21,8 @@ import torch
 
 from .. import __version__
 from ..diffusion import ONE_STEP_TIMESTEP
-from .folder import GRAPH_FILES, GRAPHS, ExportError, graph_path, replaced_folder, write_metadata
+from ..fileio import replaced_folder
+from .folder import GRAPH_FILES, GRAPHS, ExportError, graph_path, write_metadata
 
 OPSET = 17
 GRAPH_FILE, WEIGHTS_FILE = GRAPH_FILES["onnx"]

@@ -11,7 +11,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from .folder import GRAPHS, graph_path, read_metadata, replaced_folder, write_metadata
+from ..fileio import replaced_folder
+from .folder import GRAPHS, graph_path, read_metadata, write_metadata
 
 
 def convert_onnx_folder(onnx_folder: Path, out: Path) -> dict:

@@ -222,11 +222,12 @@ class OSEDiffPipeline:
             tile = vae_tile(tiles, "decoder", max(z.shape[-2:]), decoded_pixels(z), z.element_size(), self.device)
             return (decoder._tiled_decode(z) if tile is not None else decoder.decoder(z)).float().clamp(-1, 1)
         z = (z / self.vae.config.scaling_factor).to(self.vae.decoder.conv_out.weight.dtype)
-        tile = vae_tile(tiles, "decoder", max(z.shape[-2:]), decoded_pixels(z), z.element_size(), self.device)
+        pixels = decoded_pixels(z)
+        tile = vae_tile(tiles, "decoder", max(z.shape[-2:]), pixels, z.element_size(), self.device)
         if tile is not None:
             from ..tiling.vae import tiled_decode
 
-            store, recompute = vae_maps_plan(tiles, self.device, decoded_pixels(z), z.dtype)
+            store, recompute = vae_maps_plan(tiles, self.device, pixels, z.dtype)
             x = tiled_decode(self.vae, z, tile_size=tile, offload_device=store,
                              recompute_above=recompute)
         else:
